@@ -1,0 +1,1 @@
+"""Benchmarks: latency percentiles per stage against PyTorch in the same run."""

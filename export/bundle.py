@@ -1,0 +1,40 @@
+"""Atomic bundle directories: build under a temporary name beside the target, rename at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from segrt.runtime.errors import ExportError
+from segrt.runtime.manifest import default_mode
+
+
+@contextmanager
+def atomic_dir(out: Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory; on success it replaces ``out``, on any error it vanishes."""
+    out = Path(out)
+    if out.exists() and not force:
+        if not out.is_dir() or any(out.iterdir()):
+            raise ExportError(f"output {str(out)!r} already exists; pass --force to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        os.chmod(tmp, default_mode(directory=True))
+    except OSError as exc:
+        raise ExportError(f"cannot create output beside {str(out)!r}: {exc.strerror}") from None
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,114 @@
+"""``segrt export`` and ``segrt import``. Module import stays torch-free; torch loads on use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from segrt.runtime.errors import InvalidInputError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 512x512, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return h, w
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty class name in {text!r}")
+    return names
+
+
+def _weights(text: str) -> Path | None:
+    return None if text.lower() == "none" else Path(text)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .exporter import export_model
+    from .models import get_spec
+    from .spec import ExportConfig
+
+    spec = get_spec(args.architecture)
+    cfg = ExportConfig(
+        architecture=args.architecture,
+        encoder=args.encoder or spec.default_encoder,
+        classes=args.classes,
+        in_channels=args.in_channels,
+        class_names=args.class_names,
+        weights=args.weights,
+        seed=args.seed,
+        opset=args.opset,
+        intensity=args.intensity,
+        verify_image=args.verify_image,
+    )
+    manifest = export_model(cfg, args.out, force=args.force)
+    print(f"segrt: exported {cfg.architecture}/{cfg.encoder} to {args.out}: {json.dumps(manifest.verification)}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importer import ImportConfig, import_onnx
+
+    if (args.mean is None) != (args.std is None):
+        raise InvalidInputError("pass --mean and --std together")
+    cfg = ImportConfig(
+        model=args.model, task=args.task, size=args.size, resize=args.resize, stride=args.stride,
+        activation=args.activation, threshold=args.threshold, classes=args.classes, input_name=args.input_name,
+        output=args.output, layout=args.layout, color=args.color,
+        **({"mean": args.mean, "std": args.std} if args.mean is not None else {}),
+    )
+    manifest = import_onnx(cfg, args.out, force=args.force)
+    print(f"segrt: imported {args.model} to {args.out} ({len(manifest.classes)} classes, resize {manifest.input.resize})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .models import SPECS
+
+    p = sub.add_parser("export", help="export a PyTorch model to a verified ONNX bundle (needs segrt[export])")
+    p.add_argument("architecture", choices=[s.name for s in SPECS])
+    p.add_argument("--encoder", help="backbone name (default per architecture: unet resnet34, deeplab* resnet50)")
+    p.add_argument("--classes", type=int, required=True)
+    p.add_argument("--class-names", type=_names, help="comma-separated names, one per class")
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--weights", type=_weights, required=True, help="a local .pth/.pt/.safetensors state_dict, or none")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights (--weights none)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--intensity", choices=("dtype", "minmax"), default="dtype", help="how pixel values map to 0-1")
+    p.add_argument("--verify-image", type=Path, help="photo for the PyTorch check (default: a scikit-image photo)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="wrap an existing ONNX segmentation model in a bundle")
+    p.add_argument("model", type=Path)
+    p.add_argument("--task", default="semantic", choices=("semantic",))
+    p.add_argument("--mean", type=_floats, help="per-channel mean in 0-1 units (default ImageNet)")
+    p.add_argument("--std", type=_floats, help="per-channel std in 0-1 units (default ImageNet)")
+    p.add_argument("--size", type=_size, help="HxW for fixed-size models")
+    p.add_argument("--resize", choices=("stretch", "letterbox", "pad"))
+    p.add_argument("--stride", type=int, default=32, help="pad multiple for --resize pad")
+    p.add_argument("--activation", choices=("softmax", "sigmoid", "none"), default="none")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground threshold for one-channel outputs")
+    p.add_argument("--classes", type=_names)
+    p.add_argument("--input", dest="input_name", help="input tensor name (if the model has several)")
+    p.add_argument("--output", help="output tensor name (if the model has several)")
+    p.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw")
+    p.add_argument("--color", choices=("rgb", "bgr", "gray"), help="channel order the model was trained on")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_import)

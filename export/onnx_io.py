@@ -1,0 +1,64 @@
+"""PyTorch to a checked, simplified ONNX file."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from segrt.runtime.errors import ExportError
+
+from .spec import ModelSpec
+
+log = logging.getLogger("segrt")
+PROTO_LIMIT = 2**31 - 1  # protobuf's 2 GB ceiling: larger models keep weights as external data
+
+
+def _torch_export(module: Any, example: tuple[Any, ...], spec: ModelSpec, path: Path, opset: int) -> None:
+    import torch
+
+    kwargs: dict[str, Any] = dict(
+        input_names=list(spec.input_names),
+        output_names=list(spec.output_names),
+        opset_version=opset,
+        dynamic_axes={k: dict(v) for k, v in spec.dynamic_axes.items()},
+        dynamo=spec.exporter == "dynamo",
+    )
+    if spec.exporter == "dynamo":
+        kwargs.update(external_data=True, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(path), **kwargs)
+
+
+def save_onnx(model: Any, path: Path) -> None:
+    """Save, moving weights to ``<name>.data`` only when the protobuf would pass 2 GB."""
+    import onnx
+
+    large = model.ByteSize() > PROTO_LIMIT
+    onnx.save_model(model, str(path), save_as_external_data=large, location=f"{path.name}.data" if large else None)
+
+
+def export_onnx(module: Any, example: tuple[Any, ...], spec: ModelSpec, path: Path, opset: int) -> dict[str, Any]:
+    """Export, check, infer shapes and simplify. Returns facts for the manifest."""
+    import onnx
+    import onnxslim
+
+    raw = path.with_name(path.stem + ".raw.onnx")
+    try:
+        _torch_export(module, example, spec, raw, opset)
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed for {spec.name}: {type(exc).__name__}: {str(exc)[:300]}") from None
+    model = onnx.load(str(raw))
+    n_raw = len(model.graph.node)
+    try:
+        model = onnxslim.slim(model)
+    except Exception as exc:  # simplification is an optimisation, never a reason to fail
+        log.warning("onnxslim could not simplify %s (%s); keeping the unsimplified graph", spec.name, exc)
+    model = onnx.shape_inference.infer_shapes(model)
+    save_onnx(model, path)
+    onnx.checker.check_model(str(path), full_check=True)
+    for leftover in path.parent.glob(raw.name + "*"):
+        leftover.unlink()
+    return {"opset": opset, "exporter": spec.exporter, "nodes_exported": n_raw, "nodes_simplified": len(model.graph.node)}

@@ -1,0 +1,78 @@
+"""What a model family must declare to be exported: one :class:`ModelSpec` per architecture."""
+
+from __future__ import annotations
+
+import difflib
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from segrt.runtime.errors import ExportError
+from segrt.runtime.manifest import Intensity, Task
+
+if TYPE_CHECKING:
+    import torch
+
+Exporter = Literal["dynamo", "torchscript"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What the user asked for. Validated here so builders can trust it."""
+
+    architecture: str
+    encoder: str
+    classes: int
+    in_channels: int = 3
+    class_names: tuple[str, ...] | None = None
+    weights: Path | None = None  # None: seeded random weights, recorded as untrained
+    seed: int = 0
+    opset: int = 18
+    intensity: Intensity = "dtype"
+    verify_image: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.classes < 1:
+            raise ExportError(f"--classes must be >= 1; got {self.classes}")
+        if self.in_channels < 1:
+            raise ExportError(f"--in-channels must be >= 1; got {self.in_channels}")
+        if self.class_names is not None and len(self.class_names) != self.classes:
+            raise ExportError(f"{len(self.class_names)} class names given for {self.classes} classes")
+        if self.opset < 17:
+            raise ExportError(f"opset must be 17 or newer; got {self.opset}")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ExportError(f"weights file {str(self.weights)!r} does not exist (pass --weights none for random weights)")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.class_names or tuple(f"class_{i}" for i in range(self.classes))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One exportable architecture. The exporter, verifier and CLI take a spec and nothing else."""
+
+    name: str
+    task: Task
+    build: Callable[[ExportConfig], torch.nn.Module]  # trace-friendly module returning one tensor per output
+    encoders: Callable[[], Sequence[str]]  # valid --encoder names
+    default_encoder: str
+    stride: int  # inputs are padded to a multiple of this
+    input_names: tuple[str, ...] = ("image",)
+    output_names: tuple[str, ...] = ("logits",)
+    dynamic_axes: Mapping[str, Mapping[int, str]] = field(
+        default_factory=lambda: {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
+    )
+    exporter: Exporter = "dynamo"
+    drop_prefixes: tuple[str, ...] = ()  # checkpoint keys to drop (heads the export does not use)
+
+    def check_encoder(self, encoder: str) -> None:
+        valid = list(self.encoders())
+        if encoder not in valid:
+            close = difflib.get_close_matches(encoder, valid, n=5, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ExportError(f"unknown encoder {encoder!r} for {self.name}; {hint}valid: {', '.join(valid)}")

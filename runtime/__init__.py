@@ -1,0 +1,41 @@
+"""segrt's lean runtime: NumPy, OpenCV and ONNX Runtime (or TensorRT). Never imports torch."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .backends import BACKENDS, available_providers
+from .errors import (
+    BackendUnavailableError,
+    EngineMismatchError,
+    ExportError,
+    InvalidInputError,
+    ModelFormatError,
+    SegrtError,
+)
+from .manifest import InputSpec, Manifest, OutputSpec, read_manifest
+from .semantic import SegmentationResult, Segmenter, load
+
+try:
+    __version__ = version("segrt")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "EngineMismatchError",
+    "ExportError",
+    "InputSpec",
+    "InvalidInputError",
+    "Manifest",
+    "ModelFormatError",
+    "OutputSpec",
+    "SegmentationResult",
+    "Segmenter",
+    "SegrtError",
+    "available_providers",
+    "load",
+    "read_manifest",
+    "__version__",
+]

@@ -1,0 +1,92 @@
+"""The backend contract. A new backend is one file defining a :class:`Runner` subclass plus one entry
+in :data:`segrt.runtime.backends.BACKENDS` (whose order is the fallback priority)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+Device = Literal["cpu", "cuda", "tensorrt"]
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[Dim, ...]  # ints are fixed; str/None are dynamic
+    dtype: np.dtype
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(not isinstance(d, int) or d < 0 for d in self.shape)
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    threads: int | None = None  # intra-op threads; None lets the backend decide (physical cores)
+    device_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise InvalidInputError(f"threads must be >= 1 or None; got {self.threads}")
+        if self.device_id < 0:
+            raise InvalidInputError(f"device_id must be >= 0; got {self.device_id}")
+
+
+class Runner(ABC):
+    """Runs one model file. Public methods check their arguments; subclasses implement ``_infer``."""
+
+    name: ClassVar[str]
+    device: ClassVar[Device]
+
+    @classmethod
+    @abstractmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this backend cannot run here, or None if it can. Cheap: no model is loaded."""
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return cls.unavailable_reason() is None
+
+    @abstractmethod
+    def __init__(self, model_path: Path, options: RunnerOptions) -> None: ...
+
+    @abstractmethod
+    def input_specs(self) -> tuple[TensorSpec, ...]: ...
+
+    @abstractmethod
+    def output_specs(self) -> tuple[TensorSpec, ...]: ...
+
+    @abstractmethod
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._check(feeds)
+        return self._infer(feeds)
+
+    def _check(self, feeds: Mapping[str, np.ndarray]) -> None:
+        specs = {s.name: s for s in self.input_specs()}
+        if set(feeds) != set(specs):
+            raise InvalidInputError(f"{self.name}: expected inputs {sorted(specs)}; got {sorted(feeds)}")
+        for name, arr in feeds.items():
+            spec = specs[name]
+            if not isinstance(arr, np.ndarray):
+                raise InvalidInputError(f"{self.name}: input {name!r} must be a numpy array; got {type(arr).__name__}")
+            if arr.dtype != spec.dtype:
+                raise InvalidInputError(f"{self.name}: input {name!r} must be {spec.dtype}; got {arr.dtype}")
+            if arr.ndim != len(spec.shape):
+                raise InvalidInputError(
+                    f"{self.name}: input {name!r} must have rank {len(spec.shape)} {spec.shape}; got shape {arr.shape}"
+                )
+            for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
+                if isinstance(want, int) and want >= 0 and want != got:
+                    raise InvalidInputError(
+                        f"{self.name}: input {name!r} axis {axis} must be {want}; got shape {arr.shape}"
+                    )

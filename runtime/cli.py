@@ -1,0 +1,55 @@
+"""The ``segrt`` command. Subcommands come from the modules in :data:`COMMAND_MODULES`, each with a
+``register(subparsers)`` function; they are imported by name so an edge install (no torch) still
+gets ``run`` and ``info``. This module is the composition root: the only place the runtime names
+``segrt.export`` and ``segrt.benchmarks``, and it never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import SegrtError
+
+COMMAND_MODULES = ("segrt.runtime.commands", "segrt.export.commands", "segrt.benchmarks.commands")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="segrt", description="Export and run segmentation models.")
+    parser.add_argument("--version", action="version", version=f"segrt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log backend selection and progress")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _quiet_opencv(verbose: bool) -> None:
+    """OpenCV prints decoder warnings to stderr; segrt turns those failures into typed errors."""
+    import cv2
+
+    level = cv2.utils.logging.LOG_LEVEL_WARNING if verbose else cv2.utils.logging.LOG_LEVEL_SILENT
+    cv2.utils.logging.setLogLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="segrt: %(message)s")
+    _quiet_opencv(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except SegrtError as exc:
+        print(f"segrt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segrt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

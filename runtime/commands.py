@@ -1,0 +1,78 @@
+"""``segrt run`` and ``segrt info``: the runtime's own commands (no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .backends import DEVICES, available_providers
+from .errors import InvalidInputError, SegrtError
+from .image import IMAGE_SUFFIXES, list_images, write_image_atomic
+from .manifest import read_manifest
+from .semantic import load
+
+log = logging.getLogger("segrt")
+
+
+def _inputs(path: Path) -> list[Path]:
+    if path.is_dir():
+        found = list_images(path)
+        if not found:
+            raise InvalidInputError(f"folder {str(path)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return found
+    if not path.exists():
+        raise InvalidInputError(f"input {str(path)!r} does not exist")
+    return [path]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    seg = load(args.bundle, args.device, threads=args.threads)
+    log.info("running on %s (%s)", seg.device, seg.runner.name)
+    images = _inputs(args.input)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot create output folder {str(args.out)!r}: {exc.strerror}") from None
+    failed = 0
+    for path in tqdm(images, disable=len(images) < 2, unit="img", file=sys.stderr):
+        try:
+            res = seg(path)
+            res.save(args.out / f"{path.stem}.labels.png")
+            write_image_atomic(args.out / f"{path.stem}.overlay.jpg", res.overlay(path)[:, :, ::-1])
+        except SegrtError as exc:
+            if len(images) == 1:
+                raise
+            failed += 1
+            tqdm.write(f"segrt: skipped {path.name}: {exc}", file=sys.stderr)
+    done = len(images) - failed
+    print(f"segrt: {done} of {len(images)} image(s) segmented into {args.out}" + (f"; {failed} failed" if failed else ""))
+    return 2 if failed else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.bundle)
+    seg = load(args.bundle, "cpu")
+    io = {
+        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype)} for s in seg.runner.input_specs()],
+        "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype)} for s in seg.runner.output_specs()],
+    }
+    print(json.dumps({"manifest": manifest.to_dict(), "model": io, "providers": available_providers()}, indent=2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="segment an image or a folder of images with a bundle")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--input", "-i", type=Path, required=True, help="an image file or a folder of images")
+    p.add_argument("--out", "-o", type=Path, required=True, help="folder for <stem>.labels.png and <stem>.overlay.jpg")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the backend's choice)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("info", help="print a bundle's manifest, model inputs/outputs and available providers")
+    p.add_argument("bundle", type=Path)
+    p.set_defaults(func=cmd_info)

@@ -1,0 +1,31 @@
+"""Typed errors. Every message says what was expected, what was received and what to do.
+
+The CLI maps :class:`SegrtError` to a one-line message and exit code 2; any other exception is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SegrtError(Exception):
+    """Base class of every error segrt raises on purpose."""
+
+
+class InvalidInputError(SegrtError, ValueError):
+    """An image, array, path or argument given by the caller is not usable."""
+
+
+class ModelFormatError(SegrtError):
+    """A bundle, manifest or ONNX file is missing, corrupt, or disagrees with itself."""
+
+
+class BackendUnavailableError(SegrtError):
+    """The requested device or backend cannot run on this machine."""
+
+
+class EngineMismatchError(SegrtError):
+    """A serialized engine does not match this model, precision, TensorRT version or GPU."""
+
+
+class ExportError(SegrtError):
+    """Exporting a PyTorch model, or loading its checkpoint, failed."""

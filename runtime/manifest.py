@@ -1,0 +1,187 @@
+"""The bundle manifest, ``segrt.json``: everything the runtime needs to pre- and post-process.
+
+A bundle is a directory holding ``model.onnx`` and ``segrt.json``. The manifest is parsed into frozen
+dataclasses and validated once, at load, so the hot path never re-checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from .errors import ModelFormatError
+
+MANIFEST_NAME = "segrt.json"
+FORMAT_VERSION = 1
+
+Task = Literal["semantic"]
+Layout = Literal["nchw", "nhwc"]
+ColorOrder = Literal["rgb", "bgr", "gray"]
+ResizeMode = Literal["pad", "stretch", "letterbox"]
+Activation = Literal["softmax", "sigmoid", "none"]
+Intensity = Literal["dtype", "minmax"]
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+def _check_choice(value: Any, literal: Any, what: str) -> None:
+    choices = get_args(literal)
+    if value not in choices:
+        raise ModelFormatError(f"{what} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image becomes the model's input tensor.
+
+    ``intensity="dtype"`` divides by the dtype's maximum (255 or 65535) so values are in 0-1 before
+    ``(x - mean) / std``; ``"minmax"`` stretches each image's own range to 0-1 (microscopy, where a
+    16-bit image uses a few hundred grey levels). ``resize="pad"`` keeps the input's resolution and
+    pads bottom/right to a multiple of ``stride``; ``stretch``/``letterbox`` resize to ``size``.
+    """
+
+    name: str
+    channels: int
+    color: ColorOrder = "rgb"
+    layout: Layout = "nchw"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    intensity: Intensity = "dtype"
+    resize: ResizeMode = "pad"
+    stride: int = 32
+    size: tuple[int, int] | None = None  # (H, W) for fixed-size models
+
+    def __post_init__(self) -> None:
+        _check_choice(self.color, ColorOrder, "input.color")
+        _check_choice(self.layout, Layout, "input.layout")
+        _check_choice(self.intensity, Intensity, "input.intensity")
+        _check_choice(self.resize, ResizeMode, "input.resize")
+        if self.channels < 1:
+            raise ModelFormatError(f"input.channels must be >= 1; got {self.channels}")
+        if (self.color == "gray") != (self.channels == 1):
+            raise ModelFormatError(
+                f"input.color {self.color!r} does not fit {self.channels} channel(s): use 'gray' for 1 channel"
+            )
+        for what, vals in (("mean", self.mean), ("std", self.std)):
+            if len(vals) not in (1, self.channels):
+                raise ModelFormatError(f"input.{what} needs 1 or {self.channels} values; got {len(vals)}")
+        if any(s <= 0 for s in self.std):
+            raise ModelFormatError(f"input.std values must be > 0; got {list(self.std)}")
+        if self.stride < 1:
+            raise ModelFormatError(f"input.stride must be >= 1; got {self.stride}")
+        if self.resize != "pad" and self.size is None:
+            raise ModelFormatError(f"input.resize {self.resize!r} needs input.size [H, W]")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise ModelFormatError(f"input.size must be [H, W] with positive sides; got {self.size}")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What the model's output means. C>1 channels: per-class scores, label = argmax.
+    One channel: a foreground score; label = activation(score) > threshold."""
+
+    name: str
+    activation: Activation = "none"
+    threshold: float = 0.5
+    layout: Layout = "nchw"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.activation, Activation, "output.activation")
+        _check_choice(self.layout, Layout, "output.layout")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    task: Task
+    architecture: str
+    classes: tuple[str, ...]
+    input: InputSpec
+    output: OutputSpec
+    model_file: str = "model.onnx"
+    precision: Precision = "fp32"
+    encoder: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _check_choice(self.task, Task, "task")
+        _check_choice(self.precision, Precision, "precision")
+        if not self.classes:
+            raise ModelFormatError("classes must name at least one class")
+        if self.format_version > FORMAT_VERSION:
+            raise ModelFormatError(
+                f"manifest format {self.format_version} is newer than this segrt reads ({FORMAT_VERSION}); upgrade segrt"
+            )
+        if Path(self.model_file).name != self.model_file:
+            raise ModelFormatError(f"model_file must be a file name inside the bundle; got {self.model_file!r}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            inp = dict(data["input"])
+            for key in ("mean", "std"):
+                if key in inp:
+                    inp[key] = tuple(float(v) for v in inp[key])
+            if inp.get("size") is not None:
+                inp["size"] = tuple(int(v) for v in inp["size"])
+            fields = {k: v for k, v in data.items() if k not in ("input", "output", "classes")}
+            return cls(
+                input=InputSpec(**inp),
+                output=OutputSpec(**data["output"]),
+                classes=tuple(str(c) for c in data["classes"]),
+                **fields,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFormatError(f"manifest is malformed ({type(exc).__name__}: {exc}); re-export the bundle") from None
+
+
+def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
+    path = Path(bundle) / MANIFEST_NAME
+    if not Path(bundle).is_dir():
+        raise ModelFormatError(f"bundle {str(bundle)!r} is not a directory; pass the folder `segrt export` wrote")
+    if not path.is_file():
+        raise ModelFormatError(f"bundle {str(bundle)!r} has no {MANIFEST_NAME}; is it a segrt bundle?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{path} is not valid JSON ({exc}); re-export the bundle") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path} must hold a JSON object; got {type(data).__name__}")
+    return Manifest.from_dict(data)
+
+
+def default_mode(directory: bool = False) -> int:
+    """The permissions a plain open()/mkdir() would give under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON next to ``path`` under a temporary name, then rename: never a half file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, default_mode())
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(bundle: Path, manifest: Manifest) -> None:
+    write_json_atomic(Path(bundle) / MANIFEST_NAME, manifest.to_dict())

@@ -1,0 +1,160 @@
+"""Semantic segmentation: ``Segmenter(image) -> SegmentationResult`` over ``runner.infer(feeds)``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import prepost
+from .backends import Runner, RunnerOptions, select_runner
+from .errors import InvalidInputError, ModelFormatError
+from .image import DEFAULT_MAX_PIXELS, ImageLike, InputColor, read_image, to_channels, to_display_rgb, write_image_atomic
+from .manifest import Manifest, read_manifest
+
+
+@dataclass
+class SegmentationResult:
+    label_map: np.ndarray  # (H, W) class ids at the input's resolution
+    class_names: tuple[str, ...]
+    timings: dict[str, float] = field(default_factory=dict)  # pre, infer, post in ms
+
+    def overlay(self, image: ImageLike, alpha: float = 0.5, *, color: InputColor = "rgb") -> np.ndarray:
+        """An 8-bit RGB picture of ``image`` with each non-background class painted over it."""
+        rgb = to_display_rgb(read_image(image, color=color))
+        return prepost.overlay_labels(rgb, self.label_map, len(self.class_names), alpha)
+
+    def save(self, path: str | Path) -> None:
+        """Write the label map as a PNG of class ids (uint8, or uint16 past 256 classes)."""
+        path = Path(path)
+        if path.suffix.lower() != ".png":
+            raise InvalidInputError(f"label maps are saved as PNG; got {str(path)!r}")
+        write_image_atomic(path, self.label_map)
+
+
+def _check_io(manifest: Manifest, runner: Runner) -> None:
+    """Refuse a manifest that disagrees with the model it describes."""
+    inputs = {s.name: s for s in runner.input_specs()}
+    outputs = {s.name: s for s in runner.output_specs()}
+    spec = manifest.input
+    if spec.name not in inputs:
+        raise ModelFormatError(f"manifest names input {spec.name!r}; the model has {sorted(inputs)}")
+    if manifest.output.name not in outputs:
+        raise ModelFormatError(f"manifest names output {manifest.output.name!r}; the model has {sorted(outputs)}")
+    if len(inputs) != 1:
+        raise ModelFormatError(f"semantic models take one image input; this model has {sorted(inputs)}")
+    shape = inputs[spec.name].shape
+    if len(shape) != 4:
+        raise ModelFormatError(f"input {spec.name!r} must be rank 4 ({spec.layout}); the model has {shape}")
+    c_axis, hw_axes = (1, (2, 3)) if spec.layout == "nchw" else (3, (1, 2))
+    if isinstance(shape[c_axis], int) and shape[c_axis] != spec.channels:
+        raise ModelFormatError(f"manifest says {spec.channels} input channels; the model takes {shape[c_axis]}")
+    fixed = tuple(shape[a] for a in hw_axes)
+    if all(isinstance(d, int) for d in fixed):
+        if spec.resize == "pad" or tuple(spec.size or ()) != fixed:
+            raise ModelFormatError(
+                f"the model has a fixed {fixed[0]}x{fixed[1]} input; the manifest must use resize stretch|letterbox "
+                f"with size {fixed[0]}x{fixed[1]} (re-import with --size {fixed[0]}x{fixed[1]})"
+            )
+    if inputs[spec.name].dtype != np.float32:
+        raise ModelFormatError(f"input {spec.name!r} must be float32; the model takes {inputs[spec.name].dtype}")
+
+
+class Segmenter:
+    """Loads a semantic bundle and segments images at their own resolution."""
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        device: str = "auto",
+        *,
+        threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.bundle = Path(bundle)
+        self.manifest = read_manifest(self.bundle)
+        if self.manifest.task != "semantic":
+            raise ModelFormatError(f"bundle task is {self.manifest.task!r}; Segmenter needs 'semantic'")
+        self.runner, self.skipped = select_runner(
+            self.bundle / self.manifest.model_file, device, RunnerOptions(threads=threads)
+        )
+        _check_io(self.manifest, self.runner)
+        batch_dim = next(s for s in self.runner.input_specs() if s.name == self.manifest.input.name).shape[0]
+        self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        self.max_pixels = max_pixels
+
+    @property
+    def device(self) -> str:
+        return self.runner.device
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.manifest.classes
+
+    def _prepare(self, image: ImageLike, color: InputColor) -> np.ndarray:
+        arr = read_image(image, color=color, max_pixels=self.max_pixels)
+        arr = to_channels(arr, self.manifest.input.channels)
+        if self.manifest.input.color == "bgr":
+            arr = arr[:, :, ::-1]
+        return arr
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[prepost.Frame]]:
+        return prepost.preprocess(list(images), self.manifest.input)
+
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        out = self.runner.infer({self.manifest.input.name: tensor})[self.manifest.output.name]
+        if out.ndim == 3:  # (N, H, W): a single score channel
+            out = out[:, None]
+        elif self.manifest.output.layout == "nhwc":
+            out = out.transpose(0, 3, 1, 2)
+        if out.ndim != 4:
+            raise ModelFormatError(f"output {self.manifest.output.name!r} must be rank 3 or 4; got {out.shape}")
+        return out
+
+    def postprocess(self, scores: np.ndarray, frame: prepost.Frame) -> np.ndarray:
+        return prepost.labels_from_scores(scores, frame, self.manifest.output, self.manifest.num_classes)
+
+    def _run(self, arrays: list[np.ndarray]) -> list[SegmentationResult]:
+        t0 = time.perf_counter()
+        tensor, frames = self.preprocess(arrays)
+        t1 = time.perf_counter()
+        scores = self.infer(tensor)
+        t2 = time.perf_counter()
+        labels = [self.postprocess(scores[i], fr) for i, fr in enumerate(frames)]
+        t3 = time.perf_counter()
+        n = len(arrays)
+        timings = {"pre": (t1 - t0) * 1e3 / n, "infer": (t2 - t1) * 1e3 / n, "post": (t3 - t2) * 1e3 / n}
+        return [SegmentationResult(lm, self.class_names, dict(timings)) for lm in labels]
+
+    def __call__(self, image: ImageLike, *, color: InputColor = "rgb") -> SegmentationResult:
+        return self._run([self._prepare(image, color)])[0]
+
+    def batch(self, images: Sequence[ImageLike], *, color: InputColor = "rgb") -> list[SegmentationResult]:
+        """Segment several images, one inference call per group of images sharing an input size
+        (camera frames: one call), split further where the model's batch axis is fixed."""
+        if len(images) == 0:
+            raise InvalidInputError("batch() needs at least one image")
+        arrays = [self._prepare(im, color) for im in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, arr in enumerate(arrays):
+            hw = prepost.plan_frame(arr.shape[0], arr.shape[1], self.manifest.input).input_hw
+            groups.setdefault(hw, []).append(i)
+        results: list[SegmentationResult | None] = [None] * len(arrays)
+        for idx in groups.values():
+            step = self.max_batch or len(idx)
+            for k in range(0, len(idx), step):
+                chunk = idx[k : k + step]
+                for i, res in zip(chunk, self._run([arrays[i] for i in chunk])):
+                    results[i] = res
+        return results  # type: ignore[return-value]
+
+
+def load(bundle: str | Path, device: str = "auto", **kwargs: object) -> Segmenter:
+    """Open a bundle for inference; the manifest's task picks the segmenter class."""
+    manifest = read_manifest(bundle)
+    if manifest.task == "semantic":
+        return Segmenter(bundle, device, **kwargs)  # type: ignore[arg-type]
+    raise ModelFormatError(f"bundle task {manifest.task!r} is not supported by this segrt")

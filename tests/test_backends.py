@@ -1,0 +1,84 @@
+"""One contract test run against every backend available here; selection and fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segrt.runtime.backends import BACKENDS, RunnerOptions, select_runner
+from segrt.runtime.errors import BackendUnavailableError, InvalidInputError, ModelFormatError
+
+from .conftest import PPOCR, conv_onnx
+
+
+@pytest.fixture(scope="module")
+def fixed_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "fixed.onnx"
+    conv_onnx(path, hw=(16, 24))
+    return path
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+class TestRunnerContract:
+    @pytest.fixture(autouse=True)
+    def _available(self, backend) -> None:
+        reason = backend.unavailable_reason()
+        if reason:
+            pytest.skip(f"{backend.name} unavailable here: {reason}")
+
+    def test_specs_and_inference(self, backend, fixed_model) -> None:
+        runner = backend(fixed_model, RunnerOptions(threads=1))
+        (inp,) = runner.input_specs()
+        assert (inp.name, inp.shape, inp.dtype) == ("image", (1, 3, 16, 24), np.float32)
+        x = np.random.default_rng(0).normal(size=(1, 3, 16, 24)).astype(np.float32)
+        out = runner.infer({"image": x})
+        assert set(out) == {"scores"} and out["scores"].shape == (1, 3, 16, 24)
+
+    def test_dynamic_model_on_a_real_network(self, backend) -> None:
+        runner = backend(PPOCR, RunnerOptions())
+        assert runner.input_specs()[0].is_dynamic
+        out = runner.infer({"x": np.zeros((1, 3, 64, 96), np.float32)})
+        assert out["sigmoid_0.tmp_0"].shape == (1, 1, 64, 96)
+
+    @pytest.mark.parametrize(
+        "feeds, message",
+        [
+            ({"img": np.zeros((1, 3, 16, 24), np.float32)}, "expected inputs"),
+            ({"image": np.zeros((1, 3, 16, 24), np.float64)}, "must be float32"),
+            ({"image": np.zeros((3, 16, 24), np.float32)}, "must have rank 4"),
+            ({"image": np.zeros((1, 3, 16, 25), np.float32)}, "axis 3 must be 24"),
+        ],
+    )
+    def test_bad_feeds_are_typed_errors(self, backend, fixed_model, feeds, message: str) -> None:
+        with pytest.raises(InvalidInputError, match=message):
+            backend(fixed_model, RunnerOptions()).infer(feeds)
+
+    def test_corrupt_model_is_a_format_error(self, backend, tmp_path) -> None:
+        bad = tmp_path / "model.onnx"
+        bad.write_bytes(b"not a protobuf at all")
+        with pytest.raises(ModelFormatError, match="cannot load"):
+            backend(bad, RunnerOptions())
+
+
+def test_auto_falls_back_and_says_why(fixed_model) -> None:
+    runner, skipped = select_runner(fixed_model, "auto")
+    unavailable = [b for b in BACKENDS if not b.is_available()]
+    assert len(skipped) == len(unavailable)
+    for line, backend in zip(skipped, unavailable):
+        assert line.startswith(backend.name) and backend.unavailable_reason() in line
+    assert runner.device == next(b for b in BACKENDS if b.is_available()).device
+
+
+@pytest.mark.parametrize("device", ["cuda", "tensorrt"])
+def test_explicit_unavailable_device_raises(fixed_model, device: str) -> None:
+    if any(b.device == device and b.is_available() for b in BACKENDS):
+        pytest.skip(f"{device} is available here")
+    with pytest.raises(BackendUnavailableError, match=f"no backend for device '{device}'"):
+        select_runner(fixed_model, device)
+
+
+def test_unknown_device_and_bad_options(fixed_model) -> None:
+    with pytest.raises(InvalidInputError, match="device must be one of auto, cpu, cuda, tensorrt"):
+        select_runner(fixed_model, "gpu")
+    with pytest.raises(InvalidInputError, match="threads must be >= 1"):
+        RunnerOptions(threads=0)

@@ -1,0 +1,48 @@
+"""The runtime must work where torch cannot be imported at all."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from .conftest import PPOCR
+
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import sys
+    class _NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "torchvision", "segmentation_models_pytorch", "segment_anything"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+    sys.meta_path.insert(0, _NoTorch())
+    """
+)
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+
+
+def test_block_really_blocks() -> None:
+    proc = _run("import torch")
+    assert proc.returncode != 0 and "blocked in this test" in proc.stderr
+
+
+def test_runtime_imports_and_segments_without_torch(tmp_path) -> None:
+    code = f"""
+    import numpy as np, skimage.data
+    import segrt.runtime as rt
+    from segrt.export.importer import ImportConfig, import_onnx
+    from segrt.runtime.cli import main
+    import_onnx(ImportConfig(model=__import__("pathlib").Path({str(PPOCR)!r}), threshold=0.3), __import__("pathlib").Path({str(tmp_path / "b")!r}))
+    res = rt.load({str(tmp_path / "b")!r}, device="auto")(skimage.data.page())
+    assert res.label_map.any()
+    import cv2; cv2.imwrite({str(tmp_path / "p.png")!r}, skimage.data.page())
+    assert main(["run", {str(tmp_path / "b")!r}, "--input", {str(tmp_path / "p.png")!r}, "--out", {str(tmp_path / "o")!r}]) == 0
+    assert not any(m.split(".")[0] == "torch" for m in sys.modules)
+    print("ok")
+    """
+    proc = _run(code)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
