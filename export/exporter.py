@@ -42,7 +42,6 @@ def build_module(spec: ModelSpec, cfg: ExportConfig) -> tuple[Any, dict[str, Any
     module = spec.build(cfg)
     if cfg.weights is None:
         source: dict[str, Any] = {"weights": None, "sha256": None, "trained": False, "seed": cfg.seed}
-        log.warning("exporting %s with seeded random weights (seed %d): the model is untrained", spec.name, cfg.seed)
     else:
         apply_state_dict(module, read_state_dict(cfg.weights), spec.drop_prefixes)
         source = {"weights": cfg.weights.name, "sha256": sha256_file(cfg.weights), "trained": True, "seed": None}
@@ -79,6 +78,8 @@ def export_model(cfg: ExportConfig, out: Path, *, force: bool = False) -> Manife
     if cfg.in_channels not in (1, 3) and cfg.verify_image is None:
         raise ExportError(f"--in-channels {cfg.in_channels} needs --verify-image (a {cfg.in_channels}-channel image)")
     module, source = build_module(spec, cfg)
+    if not source["trained"]:
+        log.warning("exporting %s with seeded random weights (seed %d): the model is untrained", spec.name, cfg.seed)
     import torch
 
     example = (torch.rand(1, cfg.in_channels, 2 * max(spec.stride, 32), 3 * max(spec.stride, 32)),)

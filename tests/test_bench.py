@@ -1,0 +1,39 @@
+"""`segrt bench` on a real imported network: the result's schema and its arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segrt.benchmarks.bench import BenchConfig, bench_model, percentiles
+from segrt.benchmarks.commands import markdown
+from segrt.benchmarks.machine import describe
+from segrt.export.importer import ImportConfig, import_onnx
+from segrt.runtime.cli import main
+from segrt.runtime.errors import InvalidInputError
+
+from .conftest import PPOCR
+
+
+def test_percentiles_match_numpy() -> None:
+    samples = [float(v) for v in np.random.default_rng(0).gamma(2.0, 5.0, 200)]
+    p = percentiles(samples)
+    assert p["p50"] == pytest.approx(np.median(samples)) and p["p99"] >= p["p90"] >= p["p50"]
+    assert p["fps"] == pytest.approx(1000 / np.mean(samples))
+
+
+def test_bench_row_on_a_real_model(tmp_path) -> None:
+    import_onnx(ImportConfig(model=PPOCR, threshold=0.3), tmp_path / "ocr")
+    row = bench_model(tmp_path / "ocr", BenchConfig(size=(96, 128), warmup=1, iters=4, threads=1, baseline=False))
+    stages = row["segrt"]["stages"]
+    assert set(stages) == {"pre", "infer", "post", "e2e"}
+    assert stages["e2e"]["mean"] == pytest.approx(sum(stages[s]["mean"] for s in ("pre", "infer", "post")), rel=0.05)
+    assert row["segrt"]["load_ms"] > 0 and "torch" not in row
+    table = markdown({"machine": describe(1), "results": [row]})
+    assert "| imported/None | 96x128 |" in table
+
+
+def test_bad_bench_arguments() -> None:
+    with pytest.raises(InvalidInputError, match="--iters >= 1"):
+        BenchConfig(iters=0)
+    assert main(["bench"]) == 2  # neither bundles nor --quick
