@@ -8,16 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from segrt.runtime.cli import size_arg
 from segrt.runtime.errors import InvalidInputError
 from segrt.runtime.manifest import write_json_atomic
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 512x512, got {text!r}") from None
-    return h, w
 
 
 def _goal(ok: bool) -> str:
@@ -82,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency per stage against PyTorch eager (needs segrt[export] for --quick)")
     p.add_argument("bundles", nargs="*", type=Path, help="bundles to time (default with --quick: U-Net, DeepLabV3+)")
     p.add_argument("--quick", action="store_true", help="export and time the default seeded models")
-    p.add_argument("--size", type=_size, default=(512, 512), help="HxW the real photos are resized to")
+    p.add_argument("--size", type=size_arg, default=(512, 512), help="HxW the real photos are resized to")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both runtimes")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from segrt.runtime.cli import size_arg
 from segrt.runtime.errors import InvalidInputError
 
 
@@ -14,16 +15,6 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 512x512, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return h, w
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -99,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default="semantic", choices=("semantic",))
     p.add_argument("--mean", type=_floats, help="per-channel mean in 0-1 units (default ImageNet)")
     p.add_argument("--std", type=_floats, help="per-channel std in 0-1 units (default ImageNet)")
-    p.add_argument("--size", type=_size, help="HxW for fixed-size models")
+    p.add_argument("--size", type=size_arg, help="HxW for fixed-size models")
     p.add_argument("--resize", choices=("stretch", "letterbox", "pad"))
     p.add_argument("--stride", type=int, default=32, help="pad multiple for --resize pad")
     p.add_argument("--activation", choices=("softmax", "sigmoid", "none"), default="none")

@@ -37,7 +37,10 @@ def save_onnx(model: Any, path: Path) -> None:
     import onnx
 
     large = model.ByteSize() > PROTO_LIMIT
-    onnx.save_model(model, str(path), save_as_external_data=large, location=f"{path.name}.data" if large else None)
+    onnx.save_model(
+        model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+        location=f"{path.name}.data" if large else None, size_threshold=0,
+    )
 
 
 def export_onnx(module: Any, example: tuple[Any, ...], spec: ModelSpec, path: Path, opset: int) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from segrt.runtime import prepost
 from segrt.runtime.image import read_image, to_channels
 from segrt.runtime.semantic import Segmenter
 
@@ -34,11 +33,11 @@ def torch_label_map(module: Any, seg: Segmenter, image: np.ndarray) -> tuple[np.
 
 def verify_bundle(bundle: Path, module: Any, image_path: Path | None) -> dict[str, Any]:
     """Max abs logit difference (same input tensor) and argmax pixel agreement (full runtime path)."""
+    seg = Segmenter(bundle, "cpu")
     if image_path is not None:
         name, image = str(image_path), read_image(image_path)
     else:
-        name, image = default_photo(Segmenter(bundle, "cpu").manifest.input.channels)
-    seg = Segmenter(bundle, "cpu")
+        name, image = default_photo(seg.manifest.input.channels)
     ref_labels, ref_scores, tensor = torch_label_map(module, seg, image)
     ort_scores = seg.infer(tensor)
     result = seg(image)
@@ -51,5 +50,3 @@ def verify_bundle(bundle: Path, module: Any, image_path: Path | None) -> dict[st
         "pixel_agreement": float((result.label_map == ref_labels).mean()),
     }
 
-
-__all__ = ["default_photo", "prepost", "torch_label_map", "verify_bundle"]

@@ -16,6 +16,17 @@ from .errors import SegrtError
 COMMAND_MODULES = ("segrt.runtime.commands", "segrt.export.commands", "segrt.benchmarks.commands")
 
 
+def size_arg(text: str) -> tuple[int, int]:
+    """argparse type for ``HxW`` (e.g. 512x512)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 512x512, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return h, w
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 

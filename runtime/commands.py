@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .backends import DEVICES, available_providers
 from .errors import InvalidInputError, SegrtError
-from .image import IMAGE_SUFFIXES, list_images, write_image_atomic
+from .image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image, write_image_atomic
 from .manifest import read_manifest
 from .semantic import load
 
@@ -31,7 +31,7 @@ def _inputs(path: Path) -> list[Path]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    seg = load(args.bundle, args.device, threads=args.threads)
+    seg = load(args.bundle, args.device, threads=args.threads, max_pixels=args.max_pixels)
     log.info("running on %s (%s)", seg.device, seg.runner.name)
     images = _inputs(args.input)
     try:
@@ -41,9 +41,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = 0
     for path in tqdm(images, disable=len(images) < 2, unit="img", file=sys.stderr):
         try:
-            res = seg(path)
+            image = read_image(path, max_pixels=seg.max_pixels)  # decoded once: segment, then draw
+            res = seg(image)
             res.save(args.out / f"{path.stem}.labels.png")
-            write_image_atomic(args.out / f"{path.stem}.overlay.jpg", res.overlay(path)[:, :, ::-1])
+            write_image_atomic(args.out / f"{path.stem}.overlay.jpg", res.overlay(image)[:, :, ::-1])
         except SegrtError as exc:
             if len(images) == 1:
                 raise
@@ -72,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", type=Path, required=True, help="folder for <stem>.labels.png and <stem>.overlay.jpg")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the backend's choice)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 100 MP)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("info", help="print a bundle's manifest, model inputs/outputs and available providers")
     p.add_argument("bundle", type=Path)

@@ -52,7 +52,7 @@ class OrtRunner(Runner):
         return None
 
     def _provider_options(self, options: RunnerOptions) -> dict[str, Any]:
-        return {}
+        return {} if self.provider == "CPUExecutionProvider" else {"device_id": options.device_id}
 
     def __init__(self, model_path: Path, options: RunnerOptions | None = None) -> None:
         import onnxruntime as ort
@@ -99,17 +99,11 @@ class OrtTensorRTRunner(OrtRunner):
     device: ClassVar[Device] = "tensorrt"
     provider = "TensorrtExecutionProvider"
 
-    def _provider_options(self, options: RunnerOptions) -> dict[str, Any]:
-        return {"device_id": options.device_id}
-
 
 class OrtCudaRunner(OrtRunner):
     name = "onnxruntime-cuda"
     device: ClassVar[Device] = "cuda"
     provider = "CUDAExecutionProvider"
-
-    def _provider_options(self, options: RunnerOptions) -> dict[str, Any]:
-        return {"device_id": options.device_id}
 
 
 class OrtCpuRunner(OrtRunner):
