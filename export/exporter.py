@@ -13,7 +13,7 @@ from segrt.runtime.manifest import InputSpec, Manifest, OutputSpec, write_manife
 from .bundle import atomic_dir
 from .models import get_spec
 from .onnx_io import export_onnx
-from .spec import IMAGENET_MEAN, IMAGENET_STD, ExportConfig, ModelSpec
+from .spec import IMAGENET_MEAN, IMAGENET_STD, ExportConfig, ModelSpec, require_export_deps
 from .verify import verify_bundle
 from .weights import apply_state_dict, read_state_dict, sha256_file
 
@@ -35,9 +35,10 @@ def tool_versions() -> dict[str, str]:
 
 def build_module(spec: ModelSpec, cfg: ExportConfig) -> tuple[Any, dict[str, Any]]:
     """The eval-mode module with its weights, and the manifest's ``source`` record."""
+    require_export_deps()
+    spec.check_encoder(cfg.encoder)
     import torch
 
-    spec.check_encoder(cfg.encoder)
     torch.manual_seed(cfg.seed)
     module = spec.build(cfg)
     if cfg.weights is None:

@@ -16,6 +16,24 @@ if TYPE_CHECKING:
     import torch
 
 Exporter = Literal["dynamo", "torchscript"]
+#: Import names the export stage needs, with the distribution that provides each.
+EXPORT_DEPS = {"torch": "torch", "torchvision": "torchvision", "segmentation_models_pytorch": "segmentation-models-pytorch",
+               "onnx": "onnx", "onnxscript": "onnxscript", "onnxslim": "onnxslim", "skimage": "scikit-image"}
+
+
+def require_export_deps() -> None:
+    """Fail with the install command, not a traceback, on a runtime-only (edge) install."""
+    import importlib.util
+
+    def absent(mod: str) -> bool:
+        try:
+            return importlib.util.find_spec(mod) is None
+        except (ImportError, ValueError):  # a broken or blocked install
+            return True
+
+    missing = [dist for mod, dist in EXPORT_DEPS.items() if absent(mod)]
+    if missing:
+        raise ExportError(f"exporting needs {', '.join(missing)}; install them with: pip install 'segrt[export]'")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

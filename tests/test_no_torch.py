@@ -46,3 +46,15 @@ def test_runtime_imports_and_segments_without_torch(tmp_path) -> None:
     """
     proc = _run(code)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+
+
+def test_export_without_torch_says_what_to_install(tmp_path) -> None:
+    code = f"""
+    from segrt.runtime.cli import main
+    assert main(["export", "unet", "--classes", "2", "--weights", "none", "--out", {str(tmp_path / "x")!r}]) == 2
+    print("ok")
+    """
+    proc = _run(code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert "pip install 'segrt[export]'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x").exists()
