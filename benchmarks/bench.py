@@ -94,7 +94,7 @@ def bench_segrt(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dic
 
     def one(i: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        arr = seg._prepare(images[i % len(images)], "rgb")
+        arr = seg.prepare(images[i % len(images)], "rgb")
         tensor, frames = seg.preprocess([arr])
         t1 = time.perf_counter()
         scores = seg.infer(tensor)

@@ -13,7 +13,6 @@ from tqdm import tqdm
 from .backends import DEVICES, available_providers
 from .errors import InvalidInputError, SegrtError
 from .image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image, write_image_atomic
-from .manifest import read_manifest
 from .semantic import load
 
 log = logging.getLogger("segrt")
@@ -56,8 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    manifest = read_manifest(args.bundle)
     seg = load(args.bundle, "cpu")
+    manifest = seg.manifest
     io = {
         "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype)} for s in seg.runner.input_specs()],
         "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype)} for s in seg.runner.output_specs()],

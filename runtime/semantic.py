@@ -94,7 +94,8 @@ class Segmenter:
     def class_names(self) -> tuple[str, ...]:
         return self.manifest.classes
 
-    def _prepare(self, image: ImageLike, color: InputColor) -> np.ndarray:
+    def prepare(self, image: ImageLike, color: InputColor = "rgb") -> np.ndarray:
+        """Read and validate an image and convert it to the model's channels and colour order (HxWxC)."""
         arr = read_image(image, color=color, max_pixels=self.max_pixels)
         arr = to_channels(arr, self.manifest.input.channels)
         if self.manifest.input.color == "bgr":
@@ -130,14 +131,14 @@ class Segmenter:
         return [SegmentationResult(lm, self.class_names, dict(timings)) for lm in labels]
 
     def __call__(self, image: ImageLike, *, color: InputColor = "rgb") -> SegmentationResult:
-        return self._run([self._prepare(image, color)])[0]
+        return self._run([self.prepare(image, color)])[0]
 
     def batch(self, images: Sequence[ImageLike], *, color: InputColor = "rgb") -> list[SegmentationResult]:
         """Segment several images, one inference call per group of images sharing an input size
         (camera frames: one call), split further where the model's batch axis is fixed."""
         if len(images) == 0:
             raise InvalidInputError("batch() needs at least one image")
-        arrays = [self._prepare(im, color) for im in images]
+        arrays = [self.prepare(im, color) for im in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, arr in enumerate(arrays):
             hw = prepost.plan_frame(arr.shape[0], arr.shape[1], self.manifest.input).input_hw
