@@ -10,7 +10,7 @@ from typing import Any
 
 from segrt.runtime.cli import size_arg
 from segrt.runtime.errors import InvalidInputError
-from segrt.runtime.manifest import write_json_atomic
+from segrt.runtime.manifest import write_json_atomic, write_text_atomic
 
 
 def _goal(ok: bool) -> str:
@@ -65,9 +65,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         write_json_atomic(args.json, result)
     if args.markdown:
-        tmp = args.markdown.with_name(f".{args.markdown.name}.tmp")
-        tmp.write_text(table)
-        os.replace(tmp, args.markdown)
+        write_text_atomic(args.markdown, table)
     return 0
 
 

@@ -169,18 +169,21 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON next to ``path`` under a temporary name, then rename: never a half file."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` next to ``path`` under a temporary name, then rename: never a half file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, default_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_manifest(bundle: Path, manifest: Manifest) -> None:
