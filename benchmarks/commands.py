@@ -10,7 +10,7 @@ from typing import Any
 
 from segrt.runtime.cli import size_arg
 from segrt.runtime.errors import InvalidInputError
-from segrt.runtime.manifest import write_json_atomic, write_text_atomic
+from segrt.runtime.manifest import read_manifest, write_json_atomic, write_text_atomic
 
 
 def _goal(ok: bool) -> str:
@@ -39,6 +39,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['model']} | {r['size'][0]}x{r['size'][1]} | {r['weights']} | {r['segrt']['backend']} | {cell('pre')} | "
             f"{cell('infer')} | {cell('post')} | {cell('e2e')} | {s['e2e']['fps']:.1f} | {torch_e2e} | {speed} | {share} |"
         )
+    for r in result["results"]:
+        if "in_graph_paste" in r:
+            lines.append(
+                f"\n{r['model']}: the naive export (torchvision's transform and full-resolution paste inside the graph) "
+                f"takes {r['in_graph_paste']['stages']['e2e']['p50']:.0f} ms end to end on ONNX Runtime, "
+                f"{r['speedup_vs_in_graph_paste']:.2f}x segrt's time; detections per image: segrt "
+                f"{r['segrt']['mean_detections']:.1f}, PyTorch {r['torch']['mean_detections']:.1f}, "
+                f"in-graph {r['in_graph_paste']['mean_detections']:.1f}."
+            )
     lines += ["", f"Goals: end to end at least {GOAL_SPEEDUP}x faster than PyTorch eager; pre+post under "
               f"{GOAL_PREPOST_SHARE:.0%} of end to end. Cold start (load, first inference) is in the JSON."]
     return "\n".join(lines) + "\n"
@@ -47,7 +56,10 @@ def markdown(result: dict[str, Any]) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from dataclasses import replace
+
     from .bench import QUICK_MODELS, BenchConfig, bench_model, ensure_bundle
+    from .bench_instance import bench_instance, ensure_instance_bundle
     from .machine import describe
 
     cfg = BenchConfig(size=args.size, warmup=args.warmup, iters=args.iters, threads=args.threads,
@@ -55,9 +67,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.bundles and not args.quick:
         raise InvalidInputError("name bundles to benchmark, or pass --quick for the default set")
     bundles = list(args.bundles) or [ensure_bundle(*m) for m in QUICK_MODELS]
+    if args.quick and not args.bundles:
+        bundles.append(ensure_instance_bundle())
     results = []
     for bundle in tqdm(bundles, unit="model", file=sys.stderr):
-        results.append(bench_model(Path(bundle), cfg))
+        if read_manifest(bundle).task == "instance":
+            # seconds per image on a small CPU: fewer iterations, same warm-up rule
+            icfg = replace(cfg, iters=max(3, cfg.iters // 4), warmup=min(cfg.warmup, 1))
+            results.append(bench_instance(Path(bundle), icfg))
+        else:
+            results.append(bench_model(Path(bundle), cfg))
     result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
               "results": results}
     table = markdown(result)
@@ -81,3 +100,78 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="write the full result (schema in the README)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")
     p.set_defaults(func=cmd_bench)
+    register_eval(sub)
+
+
+def _devices(text: str) -> list[str]:
+    from segrt.runtime.backends import DEVICES
+
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [d for d in names if d not in DEVICES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"devices must be a comma-separated list of {', '.join(DEVICES)}; got {text!r}")
+    return names
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval_run import Tolerances, evaluate, table
+
+    tol = Tolerances(args.min_agreement, args.min_mask_iou, args.min_match)
+    result = evaluate(list(args.bundles), args.device, args.data, args.reference, tol, args.threads)
+    text = table(result)
+    print(text)
+    if args.json:
+        write_json_atomic(args.json, result)
+    if args.markdown:
+        write_text_atomic(args.markdown, text + "\n")
+    failed = [r["label"] for r in result["rows"] if r.get("passed") is False]
+    if failed:
+        print(f"segrt: {len(failed)} row(s) outside the tolerances: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_fixtures(args: argparse.Namespace) -> int:
+    import json
+
+    from .fixtures import FIXTURES, build_fixture, export_fixture, get_recipe
+
+    if args.action == "list":
+        for r in FIXTURES:
+            print(f"{r.name:16s} {r.architecture}/{r.encoder} on {r.dataset}, {r.steps} steps of {r.batch} at {r.size}px")
+        return 0
+    from .machine import describe
+
+    recipes = [get_recipe(n) for n in args.names] if args.names else list(FIXTURES)
+    records = []
+    for recipe in recipes:
+        fixture = build_fixture(recipe, force=args.force)
+        bundle = export_fixture(fixture)
+        records.append({"fixture": recipe.name, "directory": str(fixture.directory), "bundle": str(bundle),
+                        **fixture.metrics, "export_verification": read_manifest(bundle).verification})
+        print(json.dumps({k: records[-1][k] for k in ("fixture", "directory", "validation")}, indent=2))
+    if args.json:
+        write_json_atomic(args.json, {"machine": describe(os.cpu_count() or 1), "fixtures": records})
+    return 0
+
+
+def register_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="accuracy of bundles against ground truth, and their agreement (no torch)")
+    p.add_argument("bundles", nargs="+", type=Path, help="bundles to score; several line up in one table")
+    p.add_argument("--data", type=Path, required=True,
+                   help="DIR with images/ and labels/<stem>.png (class ids, 255 ignored) or annotations.json (COCO)")
+    p.add_argument("--device", type=_devices, default=["cpu"], help="comma-separated: each bundle runs on each")
+    p.add_argument("--reference", type=Path, help="bundle to compare against on the CPU (default: the first row)")
+    p.add_argument("--min-agreement", type=float, default=0.99, help="semantic: pixel agreement tolerance")
+    p.add_argument("--min-mask-iou", type=float, default=0.9, help="instance: mean matched mask IoU tolerance")
+    p.add_argument("--min-match", type=float, default=0.95, help="instance: fraction of reference instances matched")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--markdown", type=Path)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("fixtures", help="train (or reuse) the project's fixture models (needs segrt[export])")
+    p.add_argument("action", choices=("list", "build"))
+    p.add_argument("names", nargs="*", help="fixtures to build (default: all)")
+    p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.add_argument("--json", type=Path, help="write every fixture's recipe, scores and export check")
+    p.set_defaults(func=cmd_fixtures)

@@ -18,6 +18,13 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _names(text: str) -> tuple[str, ...]:
+    """Comma-separated names, or a text file with one name per line."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            text = ",".join(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot read class names from {text!r}: {exc}") from None
     names = tuple(n.strip() for n in text.split(","))
     if not all(names):
         raise argparse.ArgumentTypeError(f"empty class name in {text!r}")
@@ -34,19 +41,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .spec import ExportConfig
 
     spec = get_spec(args.architecture)
+    classes, names = args.classes, args.class_names
+    if spec.task == "instance" and classes is None:
+        from .models.maskrcnn import coco_names
+
+        classes, names = 91, names or coco_names()
+    if classes is None:
+        classes = len(names) if names else None
+    if classes is None:
+        raise InvalidInputError(f"{spec.name} needs --classes N (or --class-names)")
     cfg = ExportConfig(
         architecture=args.architecture,
         encoder=args.encoder or spec.default_encoder,
-        classes=args.classes,
+        classes=classes,
         in_channels=args.in_channels,
-        class_names=args.class_names,
+        class_names=names,
         weights=args.weights,
         seed=args.seed,
         opset=args.opset,
         intensity=args.intensity,
         verify_image=args.verify_image,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        box_score_thresh=args.graph_score_threshold,
+        box_nms_thresh=args.nms_threshold,
+        detections=args.detections,
     )
-    manifest = export_model(cfg, args.out, force=args.force)
+    manifest = export_model(cfg, args.out, force=args.force, score_threshold=args.score_threshold)
     print(f"segrt: exported {cfg.architecture}/{cfg.encoder} to {args.out}: {json.dumps(manifest.verification)}")
     return 0
 
@@ -72,15 +93,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="export a PyTorch model to a verified ONNX bundle (needs segrt[export])")
     p.add_argument("architecture", choices=[s.name for s in SPECS])
-    p.add_argument("--encoder", help="backbone name (default per architecture: unet resnet34, deeplab* resnet50)")
-    p.add_argument("--classes", type=int, required=True)
-    p.add_argument("--class-names", type=_names, help="comma-separated names, one per class")
+    p.add_argument("--encoder", "--arch", help="backbone or variant (defaults: unet resnet34, deeplab* resnet50, "
+                   "maskrcnn maskrcnn_resnet50_fpn; maskrcnn also takes maskrcnn_resnet50_fpn_v2)")
+    p.add_argument("--classes", "--num-classes", type=int, help="number of classes, background included "
+                   "(maskrcnn default: COCO's 91)")
+    p.add_argument("--class-names", type=_names, help="comma-separated names or a file with one per line")
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--weights", type=_weights, required=True, help="a local .pth/.pt/.safetensors state_dict, or none")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (--weights none)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--intensity", choices=("dtype", "minmax"), default="dtype", help="how pixel values map to 0-1")
     p.add_argument("--verify-image", type=Path, help="photo for the PyTorch check (default: a scikit-image photo)")
+    g = p.add_argument_group("instance models (maskrcnn)")
+    g.add_argument("--min-size", type=int, default=800, help="resize the shorter side to this (torchvision: 800)")
+    g.add_argument("--max-size", type=int, default=1333, help="unless the longer side passes this (torchvision: 1333)")
+    g.add_argument("--score-threshold", type=float, default=0.5, help="default score filter, overridable at load")
+    g.add_argument("--graph-score-threshold", type=float, default=0.05, help="the graph's own floor (torchvision: 0.05)")
+    g.add_argument("--nms-threshold", type=float, default=0.5, help="per-class box NMS IoU in the graph")
+    g.add_argument("--detections", type=int, default=100, help="maximum detections per image in the graph")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.set_defaults(func=cmd_export)

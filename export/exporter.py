@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from segrt.runtime.errors import ExportError
-from segrt.runtime.manifest import InputSpec, Manifest, OutputSpec, write_manifest
+from segrt.runtime.image import read_image, to_channels
+from segrt.runtime.manifest import DetectionSpec, InputSpec, Manifest, OutputSpec, write_manifest
 
 from .bundle import atomic_dir
 from .models import get_spec
 from .onnx_io import export_onnx
 from .spec import IMAGENET_MEAN, IMAGENET_STD, ExportConfig, ModelSpec, require_export_deps
-from .verify import verify_bundle
+from .verify import default_photo, instance_agreement, verify_bundle
 from .weights import apply_state_dict, read_state_dict, sha256_file
 
 log = logging.getLogger("segrt")
@@ -44,9 +45,19 @@ def build_module(spec: ModelSpec, cfg: ExportConfig) -> tuple[Any, dict[str, Any
     if cfg.weights is None:
         source: dict[str, Any] = {"weights": None, "sha256": None, "trained": False, "seed": cfg.seed}
     else:
-        apply_state_dict(module, read_state_dict(cfg.weights), spec.drop_prefixes)
+        state = read_state_dict(cfg.weights)
+        check_classes(spec, cfg, state)
+        apply_state_dict(module, state, spec.drop_prefixes)
         source = {"weights": cfg.weights.name, "sha256": sha256_file(cfg.weights), "trained": True, "seed": None}
     return module.eval(), source
+
+
+def check_classes(spec: ModelSpec, cfg: ExportConfig, state: dict[str, Any]) -> None:
+    """Name the class-count mismatch before the generic shape report buries it."""
+    tensor = state.get(spec.classes_key) if spec.classes_key else None
+    if tensor is not None and tensor.shape[0] != cfg.classes:
+        raise ExportError(f"checkpoint {cfg.weights.name if cfg.weights else ''} has {tensor.shape[0]} classes "
+                          f"({spec.classes_key}); you asked for --classes {cfg.classes}")
 
 
 def make_manifest(spec: ModelSpec, cfg: ExportConfig, source: dict[str, Any], facts: dict[str, Any]) -> Manifest:
@@ -74,8 +85,64 @@ def make_manifest(spec: ModelSpec, cfg: ExportConfig, source: dict[str, Any], fa
     )
 
 
-def export_model(cfg: ExportConfig, out: Path, *, force: bool = False) -> Manifest:
+def make_instance_manifest(spec: ModelSpec, cfg: ExportConfig, source: dict[str, Any], facts: dict[str, Any],
+                           score_threshold: float) -> Manifest:
+    return Manifest(
+        task="instance",
+        architecture=spec.name,
+        encoder=cfg.encoder,
+        classes=cfg.names,
+        input=InputSpec(name=spec.input_names[0], channels=3, color="rgb", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                        resize="shortest_edge", stride=spec.stride, min_size=cfg.min_size, max_size=cfg.max_size),
+        output=OutputSpec(name="masks", activation="none"),
+        detection=DetectionSpec(size_input=spec.input_names[1], score_threshold=score_threshold,
+                                graph_score_threshold=cfg.box_score_thresh, nms_threshold=cfg.box_nms_thresh,
+                                max_detections=cfg.detections),
+        source={**source, "export": facts},
+        versions=tool_versions(),
+    )
+
+
+#: The instance export is refused when fewer PyTorch detections than this are reproduced.
+MIN_MATCH_FRACTION = 0.95
+
+
+def export_instance(spec: ModelSpec, cfg: ExportConfig, out: Path, *, force: bool = False,
+                    score_threshold: float = 0.5) -> Manifest:
+    """Mask R-CNN: export the graph without transform and paste, verify end to end at two sizes."""
+    import torch
+
+    from segrt.runtime.instance import InstanceSegmenter
+
+    model, source = build_module(spec, cfg)
+    graph = spec.trace_wrapper(model) if spec.trace_wrapper else model
+    h, w = cfg.min_size - cfg.min_size % 32 or 32, cfg.min_size + 64 - cfg.min_size % 32
+    example = (torch.rand(1, 3, h, w), torch.tensor([h - 5, w - 7]))
+    with atomic_dir(out, force=force) as tmp:
+        facts = export_onnx(graph, example, spec, tmp / "model.onnx", cfg.opset)
+        manifest = make_instance_manifest(spec, cfg, source, facts, score_threshold)
+        write_manifest(tmp, manifest)
+        det = InstanceSegmenter(tmp, "cpu")
+        name, photo = (str(cfg.verify_image), read_image(cfg.verify_image)) if cfg.verify_image else default_photo(3)
+        photo = to_channels(photo, 3)
+        checks = [instance_agreement(model, det, photo), instance_agreement(model, det, photo[::2, photo.shape[1] // 8 :])]
+        log.info("verified against torchvision on %s at two sizes: %s", name, checks)
+        worst = min(c["match_fraction"] for c in checks)
+        if not source["trained"]:
+            log.warning("random weights: detections are noise, so the %.1f%% match is recorded, not enforced",
+                        100 * worst)
+        elif worst < MIN_MATCH_FRACTION:
+            raise ExportError(f"exported {spec.name} reproduces only {worst:.1%} of torchvision's detections "
+                              f"on {name}; bundle not written")
+        manifest = Manifest.from_dict({**manifest.to_dict(), "verification": {"image": name, "checks": checks}})
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def export_model(cfg: ExportConfig, out: Path, *, force: bool = False, score_threshold: float = 0.5) -> Manifest:
     spec = get_spec(cfg.architecture)
+    if spec.task == "instance":
+        return export_instance(spec, cfg, out, force=force, score_threshold=score_threshold)
     if cfg.in_channels not in (1, 3) and cfg.verify_image is None:
         raise ExportError(f"--in-channels {cfg.in_channels} needs --verify-image (a {cfg.in_channels}-channel image)")
     module, source = build_module(spec, cfg)

@@ -52,6 +52,13 @@ class ExportConfig:
     opset: int = 18
     intensity: Intensity = "dtype"
     verify_image: Path | None = None
+    # instance models (Mask R-CNN): torchvision's resize policy and the detection settings baked
+    # into the graph. The score threshold here is the graph's floor; runtimes filter above it.
+    min_size: int = 800
+    max_size: int = 1333
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    detections: int = 100
 
     def __post_init__(self) -> None:
         if self.classes < 1:
@@ -62,6 +69,10 @@ class ExportConfig:
             raise ExportError(f"{len(self.class_names)} class names given for {self.classes} classes")
         if self.opset < 17:
             raise ExportError(f"opset must be 17 or newer; got {self.opset}")
+        if not 32 <= self.min_size <= self.max_size:
+            raise ExportError(f"need 32 <= --min-size <= --max-size; got {self.min_size} and {self.max_size}")
+        if not (0 <= self.box_score_thresh < 1 and 0 < self.box_nms_thresh <= 1 and self.detections >= 1):
+            raise ExportError("need 0 <= --graph-score-threshold < 1, 0 < --nms-threshold <= 1 and --detections >= 1")
         if self.weights is not None and not Path(self.weights).is_file():
             raise ExportError(f"weights file {str(self.weights)!r} does not exist (pass --weights none for random weights)")
 
@@ -87,6 +98,8 @@ class ModelSpec:
     )
     exporter: Exporter = "dynamo"
     drop_prefixes: tuple[str, ...] = ()  # checkpoint keys to drop (heads the export does not use)
+    classes_key: str | None = None  # state-dict key whose first dimension is the number of classes
+    trace_wrapper: Callable[[torch.nn.Module], torch.nn.Module] | None = None  # built model -> exported graph
 
     def check_encoder(self, encoder: str) -> None:
         valid = list(self.encoders())

@@ -50,3 +50,43 @@ def verify_bundle(bundle: Path, module: Any, image_path: Path | None) -> dict[st
         "pixel_agreement": float((result.label_map == ref_labels).mean()),
     }
 
+
+
+def torch_instances(model: Any, image: np.ndarray, score_threshold: float) -> tuple[np.ndarray, ...]:
+    """torchvision's end-to-end answer (its own resize, normalise and paste): boxes, labels, scores, masks."""
+    import torch
+
+    rgb = to_channels(image, 3)
+    scale = float(np.iinfo(rgb.dtype).max) if rgb.dtype.kind == "u" else 1.0
+    with torch.no_grad():
+        out = model([torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32) / scale)])[0]
+    keep = out["scores"] >= score_threshold
+    return (out["boxes"][keep].numpy(), out["labels"][keep].numpy(), out["scores"][keep].numpy(),
+            out["masks"][keep][:, 0].numpy() > 0.5)
+
+
+def instance_agreement(model: Any, det: Any, image: np.ndarray, *, box_iou_min: float = 0.9,
+                       mask_iou_min: float = 0.9, score_tol: float = 0.01) -> dict[str, Any]:
+    """How many of torchvision's detections above the threshold segrt reproduces (same label, box
+    and mask IoU, score), and the highest score among segrt detections torchvision does not have."""
+    from segrt.benchmarks.evaluate import box_iou, match_instances
+
+    thr = det.score_threshold
+    rb, rl, rs, rm = torch_instances(model, image, thr)
+    res = det(image)
+    pairs = match_instances(rl, rm, res.labels, res.masks)
+    good = [(i, j, m) for i, j, m in pairs
+            if m >= mask_iou_min and box_iou(rb[i : i + 1], res.boxes[j : j + 1])[0, 0] >= box_iou_min
+            and abs(float(rs[i]) - float(res.scores[j])) <= score_tol]
+    matched_seg = {j for _, j, _ in good}
+    extra = [float(s) for j, s in enumerate(res.scores) if j not in matched_seg]
+    return {
+        "image_size": [int(image.shape[0]), int(image.shape[1])],
+        "torch_detections": len(rs),
+        "segrt_detections": len(res),
+        "matched": len(good),
+        "match_fraction": len(good) / len(rs) if len(rs) else 1.0,
+        "max_unmatched_score_above_threshold": max((s - thr for s in extra), default=0.0),
+        "min_mask_iou": min((m for _, _, m in good), default=None),
+        "max_score_diff": max((abs(float(rs[i]) - float(res.scores[j])) for i, j, _ in good), default=None),
+    }

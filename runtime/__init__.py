@@ -14,7 +14,10 @@ from .errors import (
     SegrtError,
 )
 from .manifest import InputSpec, Manifest, OutputSpec, read_manifest
-from .semantic import SegmentationResult, Segmenter, load
+from .instance import InstanceResult, InstanceSegmenter
+from .loader import load
+from .manifest import DetectionSpec
+from .semantic import SegmentationResult, Segmenter
 
 try:
     __version__ = version("segrt")
@@ -26,7 +29,10 @@ __all__ = [
     "BackendUnavailableError",
     "EngineMismatchError",
     "ExportError",
+    "DetectionSpec",
     "InputSpec",
+    "InstanceResult",
+    "InstanceSegmenter",
     "InvalidInputError",
     "Manifest",
     "ModelFormatError",

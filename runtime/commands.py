@@ -13,7 +13,9 @@ from tqdm import tqdm
 from .backends import DEVICES, available_providers
 from .errors import InvalidInputError, SegrtError
 from .image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image, write_image_atomic
-from .semantic import load
+from .instance import InstanceResult
+from .loader import load
+from .manifest import write_json_atomic
 
 log = logging.getLogger("segrt")
 
@@ -30,7 +32,8 @@ def _inputs(path: Path) -> list[Path]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    seg = load(args.bundle, args.device, threads=args.threads, max_pixels=args.max_pixels)
+    seg = load(args.bundle, args.device, threads=args.threads, max_pixels=args.max_pixels,
+               score_threshold=args.score_threshold)
     log.info("running on %s (%s)", seg.device, seg.runner.name)
     images = _inputs(args.input)
     try:
@@ -42,7 +45,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             image = read_image(path, max_pixels=seg.max_pixels)  # decoded once: segment, then draw
             res = seg(image)
-            res.save(args.out / f"{path.stem}.labels.png")
+            if isinstance(res, InstanceResult):
+                write_json_atomic(args.out / f"{path.stem}.instances.json", {
+                    "image": path.name, "height": image.shape[0], "width": image.shape[1],
+                    "class_names": list(res.class_names), "instances": res.to_coco(image_id=1)})
+            else:
+                res.save(args.out / f"{path.stem}.labels.png")
             write_image_atomic(args.out / f"{path.stem}.overlay.jpg", res.overlay(image)[:, :, ::-1])
         except SegrtError as exc:
             if len(images) == 1:
@@ -69,7 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="segment an image or a folder of images with a bundle")
     p.add_argument("bundle", type=Path)
     p.add_argument("--input", "-i", type=Path, required=True, help="an image file or a folder of images")
-    p.add_argument("--out", "-o", type=Path, required=True, help="folder for <stem>.labels.png and <stem>.overlay.jpg")
+    p.add_argument("--out", "-o", type=Path, required=True,
+                   help="folder for <stem>.labels.png (semantic) or <stem>.instances.json (instance) and <stem>.overlay.jpg")
+    p.add_argument("--score-threshold", type=float, help="instance bundles: keep detections scoring at least this "
+                   "(default: the manifest's)")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the backend's choice)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 100 MP)")

@@ -18,10 +18,10 @@ from .errors import ModelFormatError
 MANIFEST_NAME = "segrt.json"
 FORMAT_VERSION = 1
 
-Task = Literal["semantic"]
+Task = Literal["semantic", "instance"]
 Layout = Literal["nchw", "nhwc"]
 ColorOrder = Literal["rgb", "bgr", "gray"]
-ResizeMode = Literal["pad", "stretch", "letterbox"]
+ResizeMode = Literal["pad", "stretch", "letterbox", "shortest_edge"]
 Activation = Literal["softmax", "sigmoid", "none"]
 Intensity = Literal["dtype", "minmax"]
 Precision = Literal["fp32", "fp16", "int8"]
@@ -40,7 +40,9 @@ class InputSpec:
     ``intensity="dtype"`` divides by the dtype's maximum (255 or 65535) so values are in 0-1 before
     ``(x - mean) / std``; ``"minmax"`` stretches each image's own range to 0-1 (microscopy, where a
     16-bit image uses a few hundred grey levels). ``resize="pad"`` keeps the input's resolution and
-    pads bottom/right to a multiple of ``stride``; ``stretch``/``letterbox`` resize to ``size``.
+    pads bottom/right to a multiple of ``stride``; ``stretch``/``letterbox`` resize to ``size``;
+    ``shortest_edge`` is torchvision's detection policy: scale so the shorter side is ``min_size``
+    unless the longer would pass ``max_size``, then pad to a multiple of ``stride``.
     """
 
     name: str
@@ -53,6 +55,8 @@ class InputSpec:
     resize: ResizeMode = "pad"
     stride: int = 32
     size: tuple[int, int] | None = None  # (H, W) for fixed-size models
+    min_size: int | None = None  # shortest_edge only
+    max_size: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice(self.color, ColorOrder, "input.color")
@@ -72,7 +76,11 @@ class InputSpec:
             raise ModelFormatError(f"input.std values must be > 0; got {list(self.std)}")
         if self.stride < 1:
             raise ModelFormatError(f"input.stride must be >= 1; got {self.stride}")
-        if self.resize != "pad" and self.size is None:
+        if self.resize == "shortest_edge":
+            if self.min_size is None or self.max_size is None or not 1 <= self.min_size <= self.max_size:
+                raise ModelFormatError(f"input.resize shortest_edge needs 1 <= min_size <= max_size; got "
+                                       f"{self.min_size}, {self.max_size}")
+        elif self.resize != "pad" and self.size is None:
             raise ModelFormatError(f"input.resize {self.resize!r} needs input.size [H, W]")
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
             raise ModelFormatError(f"input.size must be [H, W] with positive sides; got {self.size}")
@@ -94,6 +102,39 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class DetectionSpec:
+    """An instance model's outputs and the settings baked into its graph.
+
+    ``graph_score_threshold``, ``nms_threshold`` and ``max_detections`` are fixed at export; the
+    runtime's ``score_threshold`` (overridable at load) filters above the graph's floor.
+    """
+
+    boxes: str = "boxes"
+    labels: str = "labels"
+    scores: str = "scores"
+    masks: str = "masks"
+    size_input: str = "image_size"
+    score_threshold: float = 0.5
+    graph_score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    max_detections: int = 100
+    mask_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.graph_score_threshold <= self.score_threshold <= 1:
+            raise ModelFormatError(
+                f"detection.score_threshold {self.score_threshold} must lie in [graph_score_threshold "
+                f"{self.graph_score_threshold}, 1]: the graph drops detections below its own threshold"
+            )
+        if not 0 < self.mask_threshold < 1:
+            raise ModelFormatError(f"detection.mask_threshold must be in (0, 1); got {self.mask_threshold}")
+
+    @property
+    def outputs(self) -> tuple[str, str, str, str]:
+        return self.boxes, self.labels, self.scores, self.masks
+
+
+@dataclass(frozen=True)
 class Manifest:
     task: Task
     architecture: str
@@ -106,6 +147,7 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
+    detection: DetectionSpec | None = None  # task "instance"
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -117,6 +159,8 @@ class Manifest:
             raise ModelFormatError(
                 f"manifest format {self.format_version} is newer than this segrt reads ({FORMAT_VERSION}); upgrade segrt"
             )
+        if (self.task == "instance") != (self.detection is not None):
+            raise ModelFormatError("a manifest has a detection section exactly when its task is 'instance'")
         if Path(self.model_file).name != self.model_file:
             raise ModelFormatError(f"model_file must be a file name inside the bundle; got {self.model_file!r}")
 
@@ -136,7 +180,9 @@ class Manifest:
                     inp[key] = tuple(float(v) for v in inp[key])
             if inp.get("size") is not None:
                 inp["size"] = tuple(int(v) for v in inp["size"])
-            fields = {k: v for k, v in data.items() if k not in ("input", "output", "classes")}
+            fields = {k: v for k, v in data.items() if k not in ("input", "output", "classes", "detection")}
+            if data.get("detection") is not None:
+                fields["detection"] = DetectionSpec(**data["detection"])
             return cls(
                 input=InputSpec(**inp),
                 output=OutputSpec(**data["output"]),

@@ -32,10 +32,13 @@ class Frame:
 
 
 def plan_frame(height: int, width: int, spec: InputSpec) -> Frame:
+    s = spec.stride
     if spec.resize == "pad":
-        s = spec.stride
         padded = (math.ceil(height / s) * s, math.ceil(width / s) * s)
         return Frame((height, width), padded, (0, 0, height, width))
+    if spec.resize == "shortest_edge":
+        nh, nw = shortest_edge_size(height, width, spec.min_size, spec.max_size)  # type: ignore[arg-type]
+        return Frame((height, width), (math.ceil(nh / s) * s, math.ceil(nw / s) * s), (0, 0, nh, nw))
     assert spec.size is not None  # guaranteed by InputSpec.__post_init__
     H, W = spec.size
     if spec.resize == "stretch":
@@ -43,6 +46,13 @@ def plan_frame(height: int, width: int, spec: InputSpec) -> Frame:
     scale = min(H / height, W / width)
     nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
     return Frame((height, width), (H, W), ((H - nh) // 2, (W - nw) // 2, nh, nw))
+
+
+def shortest_edge_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """torchvision's ``GeneralizedRCNNTransform`` resize: one scale factor for both sides, sizes
+    floored (``interpolate(scale_factor=s, recompute_scale_factor=True)``)."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
 
 
 def _affine(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -65,11 +75,13 @@ def normalize_into(image: np.ndarray, frame: Frame, spec: InputSpec, out: np.nda
     ``out`` must be zero (or hold padding) outside the content box.
     """
     top, left, h, w = frame.content
+    a, b = _affine(image, spec)  # from the original pixels: intensity is a property of the image, not its resize
     if (h, w) != image.shape[:2]:
+        if spec.resize == "shortest_edge":  # torchvision resizes the float image: match it, not 8-bit rounding
+            image = image.astype(np.float32)
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
         if image.ndim == 2:
             image = image[:, :, None]
-    a, b = _affine(image, spec)
     region = out[:, top : top + h, left : left + w]
     np.multiply(image.transpose(2, 0, 1), a[:, None, None], out=region, casting="unsafe")
     region += b[:, None, None]
@@ -150,3 +162,34 @@ def overlay_labels(image_rgb: np.ndarray, label_map: np.ndarray, num_classes: in
     colours = palette(max(num_classes, int(label_map.max()) + 1))[label_map]
     blended = cv2.addWeighted(image_rgb, 1.0 - alpha, colours, alpha, 0.0)
     return np.where((label_map > 0)[:, :, None], blended, image_rgb)
+
+
+def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
+    """Paste (N, M, M) mask probabilities into their xyxy boxes on an (H, W) canvas: (N, H, W) bool.
+
+    torchvision's ``paste_masks_in_image``, touching only each box's pixels: the mask is padded by one
+    pixel and its box grown by (M + 2) / M to match, the box is truncated to integers, the mask resized
+    bilinearly (half-pixel centres) to the box's size and the part inside the image thresholded.
+    """
+    if masks.ndim == 4:
+        masks = masks[:, 0]
+    if masks.ndim != 3 or boxes.shape != (len(masks), 4):
+        raise InvalidInputError(f"expected (N, M, M) masks and (N, 4) boxes; got {masks.shape} and {boxes.shape}")
+    H, W = image_hw
+    out = np.zeros((len(masks), H, W), bool)
+    if len(masks) == 0:
+        return out
+    m = masks.shape[-1]
+    padded = np.pad(masks.astype(np.float32, copy=False), ((0, 0), (1, 1), (1, 1)))
+    scale = (m + 2) / m
+    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
+    centre = (boxes[:, 2:] + boxes[:, :2]) * 0.5
+    grown = np.concatenate([centre - half, centre + half], axis=1).astype(np.int64)  # truncates, like torch
+    for i, (x0, y0, x1, y1) in enumerate(grown.tolist()):
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        xa, xb, ya, yb = max(x0, 0), min(x1 + 1, W), max(y0, 0), min(y1 + 1, H)
+        if xb <= xa or yb <= ya:
+            continue
+        resized = cv2.resize(padded[i], (w, h), interpolation=cv2.INTER_LINEAR)
+        out[i, ya:yb, xa:xb] = resized[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
+    return out

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from . import prepost
-from .backends import Runner, RunnerOptions, select_runner
+from .backends import Runner
+from .bundle import BundleModel
 from .errors import InvalidInputError, ModelFormatError
-from .image import DEFAULT_MAX_PIXELS, ImageLike, InputColor, read_image, to_channels, to_display_rgb, write_image_atomic
-from .manifest import Manifest, read_manifest
+from .image import DEFAULT_MAX_PIXELS, ImageLike, InputColor, read_image, to_display_rgb, write_image_atomic
+from .manifest import Manifest
 
 
 @dataclass
@@ -63,44 +64,17 @@ def _check_io(manifest: Manifest, runner: Runner) -> None:
         raise ModelFormatError(f"input {spec.name!r} must be float32; the model takes {inputs[spec.name].dtype}")
 
 
-class Segmenter:
+class Segmenter(BundleModel):
     """Loads a semantic bundle and segments images at their own resolution."""
 
-    def __init__(
-        self,
-        bundle: str | Path,
-        device: str = "auto",
-        *,
-        threads: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-    ) -> None:
-        self.bundle = Path(bundle)
-        self.manifest = read_manifest(self.bundle)
-        if self.manifest.task != "semantic":
-            raise ModelFormatError(f"bundle task is {self.manifest.task!r}; Segmenter needs 'semantic'")
-        self.runner, self.skipped = select_runner(
-            self.bundle / self.manifest.model_file, device, RunnerOptions(threads=threads)
-        )
+    task = "semantic"
+
+    def __init__(self, bundle: str | Path, device: str = "auto", *, threads: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(bundle, device, threads=threads, max_pixels=max_pixels)
         _check_io(self.manifest, self.runner)
         batch_dim = next(s for s in self.runner.input_specs() if s.name == self.manifest.input.name).shape[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
-        self.max_pixels = max_pixels
-
-    @property
-    def device(self) -> str:
-        return self.runner.device
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.manifest.classes
-
-    def prepare(self, image: ImageLike, color: InputColor = "rgb") -> np.ndarray:
-        """Read and validate an image and convert it to the model's channels and colour order (HxWxC)."""
-        arr = read_image(image, color=color, max_pixels=self.max_pixels)
-        arr = to_channels(arr, self.manifest.input.channels)
-        if self.manifest.input.color == "bgr":
-            arr = arr[:, :, ::-1]
-        return arr
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[prepost.Frame]]:
         return prepost.preprocess(list(images), self.manifest.input)
@@ -152,10 +126,3 @@ class Segmenter:
                     results[i] = res
         return results  # type: ignore[return-value]
 
-
-def load(bundle: str | Path, device: str = "auto", **kwargs: object) -> Segmenter:
-    """Open a bundle for inference; the manifest's task picks the segmenter class."""
-    manifest = read_manifest(bundle)
-    if manifest.task == "semantic":
-        return Segmenter(bundle, device, **kwargs)  # type: ignore[arg-type]
-    raise ModelFormatError(f"bundle task {manifest.task!r} is not supported by this segrt")

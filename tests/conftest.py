@@ -11,7 +11,7 @@ import pytest
 
 DATA = Path(__file__).parent / "data"
 PPOCR = DATA / "ppocr_v4_det.onnx"
-NUCLEI = DATA / "nuclei_img2d.tif"
+NUCLEI = Path(__file__).parents[1] / "benchmarks" / "data" / "nuclei_img2d.tif"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -135,3 +135,57 @@ def conv_onnx(path: Path, *, hw: tuple[int, int] | None = None, layout: str = "n
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return w1
+
+
+@dataclass
+class Trained:
+    """A fixture trained for a short run: its checkpoint, eager module, bundle and validation folder."""
+
+    bundle: Path
+    module: object
+    checkpoint: Path
+    val: Path
+    metrics: dict
+
+
+#: The CI-sized training runs (same data and models as the cached fixtures, fewer steps, smaller scenes).
+QUICK = {"unet": dict(steps=300, size=96), "maskrcnn": dict(steps=150, size=128, train_count=96, val_count=16)}
+
+
+@pytest.fixture(scope="session")
+def fixture_root(tmp_path_factory) -> Path:
+    """Where the quick fixtures are trained: $SEGRT_TEST_CACHE to reuse them across runs, else a temp dir."""
+    import os
+
+    env = os.environ.get("SEGRT_TEST_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("fixtures")
+
+
+def train_quick(root: Path, name: str) -> Trained:
+    import torch
+
+    from segrt.benchmarks.fixtures import build_fixture, export_fixture, get_recipe
+    from segrt.export.models.maskrcnn import build_torchvision
+
+    recipe = get_recipe(name).quick(**QUICK[name])
+    fixture = build_fixture(recipe, root)
+    bundle = export_fixture(fixture)
+    state = torch.load(fixture.checkpoint, map_location="cpu", weights_only=True)
+    if recipe.task == "instance":
+        module = build_torchvision("maskrcnn_resnet50_fpn", len(recipe.classes), recipe.size, recipe.size)
+    else:
+        from segrt.benchmarks.fixtures import build_model
+
+        module = build_model(recipe)
+    module.load_state_dict(state)
+    return Trained(bundle, module.eval(), fixture.checkpoint, fixture.val_dir, fixture.metrics)
+
+
+@pytest.fixture(scope="session")
+def maskrcnn(fixture_root: Path) -> Trained:
+    return train_quick(fixture_root, "maskrcnn")
+
+
+@pytest.fixture(scope="session")
+def unet_trained(fixture_root: Path) -> Trained:
+    return train_quick(fixture_root, "unet")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from segrt.runtime.errors import ExportError
 
-from . import deeplab, unet
+from . import deeplab, maskrcnn, unet
 from ..spec import ModelSpec
 
-SPECS: tuple[ModelSpec, ...] = (unet.SPEC, deeplab.SPEC_V3PLUS, deeplab.SPEC_V3)
+SPECS: tuple[ModelSpec, ...] = (unet.SPEC, deeplab.SPEC_V3PLUS, deeplab.SPEC_V3, maskrcnn.SPEC)
 
 
 def get_spec(name: str) -> ModelSpec:

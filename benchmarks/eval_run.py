@@ -1,0 +1,195 @@
+"""``segrt eval``: bundles x devices over one folder of images with ground truth, in one pass.
+
+Each image is read once and given to every (bundle, device) row in turn, so FP32 / FP16 / INT8 and
+each backend are judged on the same pixels, and each row is compared with the reference row on the
+spot (Polygraphy's ``--compare`` view): pixel agreement for semantic bundles, matched-instance mask
+IoU for instance bundles, each checked against a stated tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from segrt.runtime.errors import InvalidInputError
+from segrt.runtime.image import list_images, read_image
+from segrt.runtime.loader import load
+
+from .evaluate import coco_evaluate, confusion, iou_summary, match_instances
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    min_pixel_agreement: float = 0.99  # semantic: fraction of pixels with the reference's label
+    min_mask_iou: float = 0.9  # instance: mean mask IoU of matched reference detections
+    min_match_fraction: float = 0.95  # instance: reference detections matched (same label, IoU >= 0.5)
+
+    def __post_init__(self) -> None:
+        for name, v in self.__dict__.items():
+            if not 0 <= v <= 1:
+                raise InvalidInputError(f"tolerance {name} must be in [0, 1]; got {v}")
+
+
+@dataclass
+class Row:
+    bundle: Path
+    device: str
+    model: Any
+    reference: bool = False
+    conf: np.ndarray | None = None
+    coco: list[dict[str, Any]] = field(default_factory=list)
+    agree: list[float] = field(default_factory=list)  # per image: pixel agreement or mean matched mask IoU
+    matched: list[float] = field(default_factory=list)  # per image: fraction of reference instances matched
+    ms: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        m = self.model.manifest
+        return f"{self.bundle.name} ({m.architecture}, {m.precision})"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    images: list[Path]
+    labels: Path | None  # folder of class-id PNGs
+    coco: Path | None  # annotations.json
+    ids: dict[str, int]  # COCO image id by file name
+
+    @classmethod
+    def open(cls, root: Path) -> Dataset:
+        if not (root / "images").is_dir():
+            raise InvalidInputError(f"{str(root)!r} has no images/ folder (expected DIR/images, DIR/labels or "
+                                    f"DIR/annotations.json)")
+        images = list_images(root / "images")
+        if not images:
+            raise InvalidInputError(f"{str(root / 'images')!r} holds no images")
+        labels = root / "labels" if (root / "labels").is_dir() else None
+        coco = root / "annotations.json" if (root / "annotations.json").is_file() else None
+        ids: dict[str, int] = {}
+        if coco is not None:
+            try:
+                ids = {im["file_name"]: int(im["id"]) for im in json.loads(coco.read_text())["images"]}
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise InvalidInputError(f"{coco} is not a COCO annotation file ({type(exc).__name__}: {exc})") from None
+        if labels is None and coco is None:
+            raise InvalidInputError(f"{str(root)!r} has neither labels/ nor annotations.json: nothing to score against")
+        return cls(root, images, labels, coco, ids)
+
+    def truth(self, image: Path) -> np.ndarray:
+        assert self.labels is not None
+        path = self.labels / f"{image.stem}.png"
+        lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if lab is None or lab.ndim != 2:
+            raise InvalidInputError(f"no single-channel label PNG {str(path)!r} for {image.name}")
+        return lab
+
+
+def _semantic(row: Row, ds: Dataset, image: np.ndarray, path: Path, ref: Any) -> Any:
+    res = row.model(image)
+    n = row.model.manifest.num_classes
+    if row.conf is None:
+        row.conf = np.zeros((n, n), np.int64)
+    row.conf += confusion(res.label_map, ds.truth(path), n)
+    if ref is not None:
+        row.agree.append(float((res.label_map == ref.label_map).mean()))
+    return res
+
+
+def _instance(row: Row, ds: Dataset, image: np.ndarray, path: Path, ref: Any) -> Any:
+    res = row.model(image)
+    if path.name not in ds.ids:
+        raise InvalidInputError(f"{path.name} is not listed in {ds.coco}")
+    row.coco += res.to_coco(ds.ids[path.name])
+    if ref is not None:
+        pairs = [p for p in match_instances(ref.labels, ref.masks, res.labels, res.masks) if p[2] >= 0.5]
+        row.matched.append(len(pairs) / len(ref) if len(ref) else float(len(res) == 0))
+        row.agree.append(float(np.mean([p[2] for p in pairs])) if pairs else float(len(ref) == len(res) == 0))
+    return res
+
+
+def evaluate(bundles: list[Path], devices: list[str], data: Path, reference: Path | None = None,
+             tolerances: Tolerances = Tolerances(), threads: int | None = None) -> dict[str, Any]:
+    ds = Dataset.open(data)
+    rows = [Row(b, d, load(b, d, threads=threads)) for b in bundles for d in devices]
+    if reference is not None:
+        rows.insert(0, Row(reference, "cpu", load(reference, "cpu", threads=threads), reference=True))
+    elif len(rows) > 1:
+        rows[0].reference = True
+    tasks = {r.model.manifest.task for r in rows}
+    if len(tasks) != 1:
+        raise InvalidInputError(f"all bundles of one evaluation must share a task; got {sorted(tasks)}")
+    task = tasks.pop()
+    if task == "semantic" and ds.labels is None:
+        raise InvalidInputError(f"semantic bundles are scored against {data}/labels/<stem>.png; there is none")
+    if task == "instance" and ds.coco is None:
+        raise InvalidInputError(f"instance bundles are scored against {data}/annotations.json; there is none")
+    step = _semantic if task == "semantic" else _instance
+    from tqdm import tqdm
+
+    for path in tqdm(ds.images, unit="img", disable=len(ds.images) < 5):
+        image = read_image(path)
+        ref = None
+        for row in rows:
+            t0 = time.perf_counter()
+            res = step(row, ds, image, path, None if row.reference else ref)
+            row.ms.append((time.perf_counter() - t0) * 1e3)
+            if row.reference:
+                ref = res
+    return {"task": task, "data": str(data), "images": len(ds.images), "tolerances": tolerances.__dict__,
+            "rows": [_summary(r, task, ds, tolerances, any(x.reference for x in rows)) for r in rows]}
+
+
+def _summary(row: Row, task: str, ds: Dataset, tol: Tolerances, compared: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"bundle": str(row.bundle), "label": row.label, "device": row.model.device,
+                           "backend": row.model.runner.name, "precision": row.model.manifest.precision,
+                           "reference": row.reference, "mean_ms": float(np.mean(row.ms))}
+    if task == "semantic":
+        assert row.conf is not None
+        out["accuracy"] = iou_summary(row.conf, row.model.manifest.classes)
+    else:
+        assert ds.coco is not None
+        out["accuracy"] = coco_evaluate(ds.coco, row.coco)
+    if compared and not row.reference:
+        if task == "semantic":
+            agree = float(np.mean(row.agree))
+            out["agreement"] = {"pixel_agreement": agree, "min_image_pixel_agreement": float(np.min(row.agree))}
+            out["passed"] = agree >= tol.min_pixel_agreement
+        else:
+            iou, frac = float(np.mean(row.agree)), float(np.mean(row.matched))
+            out["agreement"] = {"mean_matched_mask_iou": iou, "match_fraction": frac}
+            out["passed"] = iou >= tol.min_mask_iou and frac >= tol.min_match_fraction
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    """One Markdown table for the run: accuracy per row, agreement with the reference, pass/fail."""
+    semantic = result["task"] == "semantic"
+    head = ("| bundle | device | mIoU | pixel acc | vs reference | ms/img |" if semantic
+            else "| bundle | device | box AP | mask AP | vs reference | ms/img |")
+    lines = [head, "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        acc = r["accuracy"]
+        a, b = ((acc["miou"], acc["pixel_accuracy"]) if semantic else (acc["box"]["AP"], acc["mask"]["AP"]))
+        if r["reference"]:
+            vs = "reference"
+        elif "agreement" not in r:
+            vs = "-"
+        else:
+            ag = r["agreement"]
+            vs = (f"{ag['pixel_agreement']:.4%} pixels" if semantic else
+                  f"mask IoU {ag['mean_matched_mask_iou']:.3f}, {ag['match_fraction']:.1%} matched")
+            vs += " PASS" if r["passed"] else " FAIL"
+        lines.append(f"| {r['label']} | {r['device']} ({r['backend']}) | {a:.4f} | {b:.4f} | {vs} | {r['mean_ms']:.1f} |")
+    tol = result["tolerances"]
+    lines.append("")
+    lines.append(f"{result['images']} images from {result['data']}. Tolerances: pixel agreement >= "
+                 f"{tol['min_pixel_agreement']}, matched mask IoU >= {tol['min_mask_iou']} with >= "
+                 f"{tol['min_match_fraction']:.0%} of reference instances matched.")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""What every task's model shares: the manifest, the runner chosen for it, and image intake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .backends import RunnerOptions, select_runner
+from .errors import ModelFormatError
+from .image import DEFAULT_MAX_PIXELS, ImageLike, InputColor, read_image, to_channels
+from .manifest import Task, read_manifest
+
+
+class BundleModel:
+    """Opens a bundle of task :attr:`task` on ``device``; subclasses add pre-, post-processing."""
+
+    task: ClassVar[Task]
+
+    def __init__(self, bundle: str | Path, device: str = "auto", *, threads: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.bundle = Path(bundle)
+        self.manifest = read_manifest(self.bundle)
+        if self.manifest.task != self.task:
+            raise ModelFormatError(f"bundle task is {self.manifest.task!r}; {type(self).__name__} needs {self.task!r}")
+        self.runner, self.skipped = select_runner(self.bundle / self.manifest.model_file, device,
+                                                  RunnerOptions(threads=threads))
+        self.max_pixels = max_pixels
+
+    @property
+    def device(self) -> str:
+        return self.runner.device
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.manifest.classes
+
+    def prepare(self, image: ImageLike, color: InputColor = "rgb") -> np.ndarray:
+        """Read and validate an image and convert it to the model's channels and colour order (HxWxC)."""
+        arr = read_image(image, color=color, max_pixels=self.max_pixels)
+        arr = to_channels(arr, self.manifest.input.channels)
+        if self.manifest.input.color == "bgr":
+            arr = arr[:, :, ::-1]
+        return arr
