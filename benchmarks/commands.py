@@ -117,7 +117,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval_run import Tolerances, evaluate, table
 
     tol = Tolerances(args.min_agreement, args.min_mask_iou, args.min_match)
-    result = evaluate(list(args.bundles), args.device, args.data, args.reference, tol, args.threads)
+    result = evaluate(list(args.bundles), args.device, args.data, args.reference, tol, args.threads,
+                      args.score_threshold)
     text = table(result)
     print(text)
     if args.json:
@@ -164,6 +165,8 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-agreement", type=float, default=0.99, help="semantic: pixel agreement tolerance")
     p.add_argument("--min-mask-iou", type=float, default=0.9, help="instance: mean matched mask IoU tolerance")
     p.add_argument("--min-match", type=float, default=0.95, help="instance: fraction of reference instances matched")
+    p.add_argument("--score-threshold", type=float, help="instance bundles: keep detections from this score "
+                   "(default: the manifest's; the graph's floor, e.g. 0.05, scores AP as torchvision does)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)

@@ -115,11 +115,15 @@ def _instance(row: Row, ds: Dataset, image: np.ndarray, path: Path, ref: Any) ->
 
 
 def evaluate(bundles: list[Path], devices: list[str], data: Path, reference: Path | None = None,
-             tolerances: Tolerances = Tolerances(), threads: int | None = None) -> dict[str, Any]:
+             tolerances: Tolerances = Tolerances(), threads: int | None = None,
+             score_threshold: float | None = None) -> dict[str, Any]:
+    """``score_threshold`` (instance bundles): COCO AP rewards the low-score tail, so pass the graph's
+    floor (e.g. 0.05) to score a bundle as torchvision's own evaluation does."""
     ds = Dataset.open(data)
-    rows = [Row(b, d, load(b, d, threads=threads)) for b in bundles for d in devices]
+    opts: dict[str, Any] = {"threads": threads, "score_threshold": score_threshold}
+    rows = [Row(b, d, load(b, d, **opts)) for b in bundles for d in devices]
     if reference is not None:
-        rows.insert(0, Row(reference, "cpu", load(reference, "cpu", threads=threads), reference=True))
+        rows.insert(0, Row(reference, "cpu", load(reference, "cpu", **opts), reference=True))
     elif len(rows) > 1:
         rows[0].reference = True
     tasks = {r.model.manifest.task for r in rows}
@@ -143,6 +147,7 @@ def evaluate(bundles: list[Path], devices: list[str], data: Path, reference: Pat
             if row.reference:
                 ref = res
     return {"task": task, "data": str(data), "images": len(ds.images), "tolerances": tolerances.__dict__,
+            "score_threshold": score_threshold,
             "rows": [_summary(r, task, ds, tolerances, any(x.reference for x in rows)) for r in rows]}
 
 

@@ -132,7 +132,7 @@ class InstanceSegmenter(BundleModel):
     def postprocess(self, outputs: tuple[np.ndarray, ...], frame: prepost.Frame,
                     score_threshold: float | None = None) -> tuple[np.ndarray, ...]:
         boxes, labels, scores, masks = outputs
-        keep = scores >= self._threshold(score_threshold)
+        keep = scores >= (self.score_threshold if score_threshold is None else self._threshold(score_threshold))
         boxes = boxes[keep].astype(np.float32)
         oh, ow = frame.orig_hw
         h, w = frame.content[2:]

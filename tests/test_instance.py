@@ -77,6 +77,10 @@ def test_result_shapes_thresholds_and_coco_json(maskrcnn: Trained, photos) -> No
     assert res.boxes.shape == (len(res), 4) and np.all(np.diff(res.scores) <= 0) and np.all(res.scores >= 0.3)
     stricter = det(image, score_threshold=0.8)
     assert len(stricter) == int((res.scores >= 0.8).sum())
+    # the threshold given at load is the default for every call
+    assert len(res) == len(InstanceSegmenter(maskrcnn.bundle, "cpu")(image, score_threshold=0.3))
+    floor = load(maskrcnn.bundle, "cpu", score_threshold=0.05)(image)
+    assert len(floor) >= len(res) and (len(floor) == 0 or floor.scores.min() >= 0.05)
     coco = res.to_coco(image_id=7)
     for ann, mask in zip(coco, res.masks):
         assert ann["image_id"] == 7 and np.array_equal(mask_utils.decode(ann["segmentation"]).astype(bool), mask)
