@@ -10,6 +10,8 @@ probabilities; the runtime resizes before it and pastes each mask only inside it
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..spec import ExportConfig, ModelSpec
@@ -33,6 +35,30 @@ def coco_names() -> tuple[str, ...]:
     return tuple(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
 
 
+def _merge_levels_by_gather(levels: Any, unmerged_results: list[Any]) -> Any:
+    """What torchvision's ``_onnx_merge_levels`` computes, as one Gather instead of a ScatterElements
+    per FPN level over (N, 256, 7, 7) floats (profiled: 15 % of the whole graph on ONNX Runtime CPU).
+    Level k's results belong at ``where(levels == k)``; the inverse of that permutation gathers them."""
+    import torch
+
+    perm = torch.cat([torch.where(levels == k)[0] for k in range(len(unmerged_results))])
+    order = torch.ones_like(perm).cumsum(0) - 1  # arange(N), traced with a dynamic N
+    inverse = torch.zeros_like(perm).scatter(0, perm, order)
+    return torch.cat(unmerged_results, 0)[inverse]
+
+
+@contextmanager
+def _fast_roi_merge() -> Iterator[None]:
+    from torchvision.ops import poolers
+
+    original = poolers._onnx_merge_levels
+    poolers._onnx_merge_levels = _merge_levels_by_gather
+    try:
+        yield
+    finally:
+        poolers._onnx_merge_levels = original
+
+
 def _graph_class() -> type:
     import torch
     from torchvision.models.detection.image_list import ImageList
@@ -48,7 +74,8 @@ def _graph_class() -> type:
             images = ImageList(image, [(image_size[0], image_size[1])])
             features = self.backbone(image)
             proposals, _ = self.rpn(images, features)
-            detections, _ = self.roi_heads(features, proposals, images.image_sizes)
+            with _fast_roi_merge():  # only used while tracing; eager torchvision indexes directly
+                detections, _ = self.roi_heads(features, proposals, images.image_sizes)
             d = detections[0]
             return d["boxes"], d["labels"], d["scores"], d["masks"]
 
