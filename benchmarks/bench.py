@@ -84,13 +84,18 @@ def ensure_bundle(arch: str, encoder: str, classes: int) -> Path:
     return out
 
 
-def bench_segrt(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
+def cold_start(make: Callable[[], Any], image: np.ndarray) -> tuple[Any, float, float]:
+    """Build a model and run it once: (model, load ms, first-inference ms), the cold-start costs."""
     t0 = time.perf_counter()
-    seg = Segmenter(bundle, "auto", threads=cfg.threads)
+    model = make()
     load_ms = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
-    seg(images[0])
-    first_ms = (time.perf_counter() - t0) * 1e3
+    model(image)
+    return model, load_ms, (time.perf_counter() - t0) * 1e3
+
+
+def bench_segrt(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
+    seg, load_ms, first_ms = cold_start(lambda: Segmenter(bundle, "auto", threads=cfg.threads), images[0])
 
     def one(i: int) -> dict[str, float]:
         t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import numpy as np
 from segrt.runtime.instance import InstanceSegmenter
 from segrt.runtime.manifest import read_manifest
 
-from .bench import BenchConfig, _timed, cache_dir, photos
+from .bench import BenchConfig, _timed, cache_dir, cold_start, photos
 
 log = logging.getLogger("segrt")
 
@@ -51,12 +51,7 @@ def _torch_model(bundle: Path) -> Any:
 
 
 def bench_segrt_instance(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    det = InstanceSegmenter(bundle, "auto", threads=cfg.threads)
-    load_ms = (time.perf_counter() - t0) * 1e3
-    t0 = time.perf_counter()
-    det(images[0])
-    first_ms = (time.perf_counter() - t0) * 1e3
+    det, load_ms, first_ms = cold_start(lambda: InstanceSegmenter(bundle, "auto", threads=cfg.threads), images[0])
     counts: list[int] = []
 
     def one(i: int) -> dict[str, float]:

@@ -159,9 +159,8 @@ def write_instance_dataset(out: Path, items: dict[str, tuple[np.ndarray, np.ndar
             write_image_atomic(tmp / "images" / f"{stem}.png", image)
             write_image_atomic(tmp / "labels" / f"{stem}.png", (ids > 0).astype(np.uint8))
             images.append({"id": i, "file_name": f"{stem}.png", "height": ids.shape[0], "width": ids.shape[1]})
-            uniq = np.unique(ids)
-            scene = synth.Scene(image, ids.astype(np.uint8), ids, [1] * int(uniq.max()), [], [False] * int(uniq.max()))
-            anns += synth.coco_annotations(scene, i, len(anns) + 1)
+            n = int(ids.max())
+            anns += synth.coco_annotations(ids, [1] * n, [False] * n, i, len(anns) + 1)
         write_json_atomic(tmp / "annotations.json", {"images": images, "annotations": anns,
                                                      "categories": synth.categories(names)})
         write_json_atomic(tmp / "classes.json", {"classes": list(names), "ignore_index": synth.IGNORE})
@@ -326,25 +325,17 @@ def torch_labels(model: Any, spec: InputSpec, image: np.ndarray) -> np.ndarray:
 
 
 def torch_instances(model: Any, val_dir: Path) -> list[dict[str, Any]]:
-    """torchvision's own end-to-end predictions on a COCO folder, as COCO results."""
-    import torch
-    from pycocotools import mask as mask_utils
-
-    from segrt.runtime.image import read_image, to_channels
+    """torchvision's own end-to-end predictions on a COCO folder (every detection the model keeps),
+    as COCO results."""
+    from segrt.export.verify import torch_instances as predict
+    from segrt.runtime.image import read_image
+    from segrt.runtime.instance import InstanceResult
 
     coco = json.loads((val_dir / "annotations.json").read_text())
     results = []
     for info in coco["images"]:
-        rgb = to_channels(read_image(val_dir / "images" / info["file_name"]), 3)
-        scale = 65535.0 if rgb.dtype == np.uint16 else 255.0
-        with torch.no_grad():
-            out = model([torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32) / scale)])[0]
-        for box, score, label, mask in zip(out["boxes"], out["scores"], out["labels"], out["masks"]):
-            rle = mask_utils.encode(np.asfortranarray((mask[0] > 0.5).numpy().astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            x0, y0, x1, y1 = (float(v) for v in box)
-            results.append({"image_id": info["id"], "category_id": int(label), "score": float(score),
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": rle})
+        boxes, labels, scores, masks = predict(model, read_image(val_dir / "images" / info["file_name"]), 0.0)
+        results += InstanceResult(boxes, scores, labels, masks, ()).to_coco(info["id"])
     return results
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from segrt.runtime.errors import InvalidInputError
 from segrt.runtime.image import write_image_atomic
 from segrt.runtime.manifest import write_json_atomic
+from segrt.runtime.prepost import rle_encode
 
 CLASSES = ("background", "ellipse", "rectangle", "cutout")
 IGNORE = 255
@@ -141,20 +142,21 @@ def make_scene(cfg: SynthConfig, index: int) -> Scene:
     return Scene(image, lut[instances], instances, classes, areas, crowd)
 
 
-def coco_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict[str, Any]]:
-    """COCO instance annotations (compressed RLE) for the visible part of each object."""
+def coco_annotations(instances: np.ndarray, classes: list[int], crowd: list[bool], image_id: int,
+                     first_id: int) -> list[dict[str, Any]]:
+    """COCO annotations (compressed RLE) for the visible part of each object of an instance-id map
+    (0 = background; id k has class ``classes[k - 1]``)."""
     from pycocotools import mask as mask_utils
 
     anns = []
-    for k, cls in enumerate(scene.classes, start=1):
-        m = scene.instances == k
+    for k, cls in enumerate(classes, start=1):
+        m = instances == k
         if not m.any():
             continue  # fully occluded
-        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
+        rle = rle_encode(m[None])[0]
         anns.append({
             "id": first_id + len(anns), "image_id": image_id, "category_id": cls, "segmentation": rle,
-            "area": int(m.sum()), "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": int(scene.crowd[k - 1]),
+            "area": int(m.sum()), "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": int(crowd[k - 1]),
         })
     return anns
 
@@ -181,7 +183,7 @@ def write_dataset(out: Path, cfg: SynthConfig) -> Path:
             write_image_atomic(tmp / "images" / f"{stem}.png", scene.image[:, :, ::-1])
             write_image_atomic(tmp / "labels" / f"{stem}.png", scene.labels)
             images.append({"id": i + 1, "file_name": f"{stem}.png", "height": cfg.size[0], "width": cfg.size[1]})
-            anns += coco_annotations(scene, i + 1, len(anns) + 1)
+            anns += coco_annotations(scene.instances, scene.classes, scene.crowd, i + 1, len(anns) + 1)
         coco = {"info": {"description": "segrt synthetic scenes", "config": _jsonable(cfg)},
                 "images": images, "annotations": anns, "categories": categories(CLASSES)}
         write_json_atomic(tmp / "annotations.json", coco)

@@ -43,14 +43,9 @@ class InstanceResult:
 
     def to_coco(self, image_id: int) -> list[dict[str, Any]]:
         """COCO results (``loadRes`` format): bbox as xywh, segmentation as compressed RLE."""
-        from pycocotools import mask as mask_utils
-
         out = []
-        if len(self) == 0:
-            return out
-        rles = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
+        rles = prepost.rle_encode(self.masks)
         for box, score, label, rle in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(), rles):
-            rle["counts"] = rle["counts"].decode("ascii")
             x0, y0, x1, y1 = box
             out.append({"image_id": int(image_id), "category_id": int(label), "bbox": [x0, y0, x1 - x0, y1 - y0],
                         "score": float(score), "segmentation": rle})

@@ -193,3 +193,15 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int],
         resized = cv2.resize(padded[i], (w, h), interpolation=cv2.INTER_LINEAR)
         out[i, ya:yb, xa:xb] = resized[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
     return out
+
+
+def rle_encode(masks: np.ndarray) -> list[dict[str, object]]:
+    """COCO compressed RLE of (N, H, W) boolean masks, counts as ASCII text (JSON-ready)."""
+    from pycocotools import mask as mask_utils
+
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
