@@ -53,10 +53,50 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load_result(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        rows = {(r["model"], r["precision"], tuple(r["size"]), r["segrt"]["backend"]): r for r in data["results"]}
+    except FileNotFoundError:
+        raise InvalidInputError(f"benchmark result {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InvalidInputError(f"{str(path)!r} is not a `segrt bench --json` result ({type(exc).__name__}: {exc})") from None
+    return {"machine": data.get("machine", {}), "rows": rows}
+
+
+def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The before/after view: p50 per stage of each model both files hold, and after/before ratios
+    (below 1.0 is faster)."""
+    lines = ["| model | precision | size | backend | stage | before p50 (ms) | after p50 (ms) | after / before |",
+             "|---|---|---|---|---|---|---|---|"]
+    common = [k for k in before["rows"] if k in after["rows"]]
+    if not common:
+        raise InvalidInputError("the two results share no (model, precision, size, backend) row to compare")
+    for key in common:
+        b, a = before["rows"][key]["segrt"]["stages"], after["rows"][key]["segrt"]["stages"]
+        for stage in ("pre", "infer", "post", "e2e"):
+            if stage in b and stage in a:
+                lines.append(f"| {key[0]} | {key[1]} | {key[2][0]}x{key[2][1]} | {key[3]} | {stage} | "
+                             f"{b[stage]['p50']:.1f} | {a[stage]['p50']:.1f} | {a[stage]['p50'] / b[stage]['p50']:.3f} |")
+    only = sorted({k[0] for k in before["rows"]} ^ {k[0] for k in after["rows"]})
+    for name, res in (("before", before), ("after", after)):
+        m = res["machine"]
+        lines.append(f"\n{name}: {m.get('date', '?')}, {m.get('cpu', '?')}, segrt {m.get('segrt', '?')} ({m.get('commit', '?')})")
+    if only:
+        lines.append(f"\nin one file only: {', '.join(only)}")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from tqdm import tqdm
 
-    from dataclasses import replace
+    if args.compare:
+        print(compare(_load_result(args.compare[0]), _load_result(args.compare[1])))
+        return 0
 
     from .bench import QUICK_MODELS, BenchConfig, bench_model, ensure_bundle
     from .bench_instance import bench_instance, ensure_instance_bundle
@@ -99,6 +139,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", choices=("torch", "none"), default="torch")
     p.add_argument("--json", type=Path, help="write the full result (schema in the README)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE.json", "AFTER.json"),
+                   help="print the after/before ratios of two --json results instead of benchmarking")
     p.set_defaults(func=cmd_bench)
     register_eval(sub)
 

@@ -37,3 +37,20 @@ def test_bad_bench_arguments() -> None:
     with pytest.raises(InvalidInputError, match="--iters >= 1"):
         BenchConfig(iters=0)
     assert main(["bench"]) == 2  # neither bundles nor --quick
+
+
+def test_compare_two_recorded_results(capsys) -> None:
+    """The committed run 3 and run 4 results: ratios are after / before p50, rows matched by model."""
+    import json
+    from pathlib import Path
+
+    results = Path(__file__).parents[1] / "benchmarks" / "results"
+    before, after = results / "2026-11-24-cpu-xeon-2core-run3.json", results / "2026-11-24-cpu-xeon-2core-run4.json"
+    assert main(["bench", "--compare", str(before), str(after)]) == 0
+    out = capsys.readouterr().out
+    b = {r["model"]: r for r in json.loads(before.read_text())["results"]}
+    a = {r["model"]: r for r in json.loads(after.read_text())["results"]}
+    for model in b:
+        ratio = a[model]["segrt"]["stages"]["e2e"]["p50"] / b[model]["segrt"]["stages"]["e2e"]["p50"]
+        assert f"| {model} | fp32 | 512x512 | onnxruntime-cpu | e2e |" in out and f"| {ratio:.3f} |" in out
+    assert main(["bench", "--compare", str(before), str(results / "missing.json")]) == 2
