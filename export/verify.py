@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from segrt.runtime.image import read_image, to_channels
+from segrt.runtime.matching import box_iou, match_instances
 from segrt.runtime.semantic import Segmenter
 
 
@@ -69,8 +70,6 @@ def instance_agreement(model: Any, det: Any, image: np.ndarray, *, box_iou_min: 
                        mask_iou_min: float = 0.9, score_tol: float = 0.01) -> dict[str, Any]:
     """How many of torchvision's detections above the threshold segrt reproduces (same label, box
     and mask IoU, score), and the highest score among segrt detections torchvision does not have."""
-    from segrt.benchmarks.evaluate import box_iou, match_instances
-
     thr = det.score_threshold
     rb, rl, rs, rm = torch_instances(model, image, thr)
     res = det(image)
