@@ -148,23 +148,11 @@ def write_val_data(recipe: Recipe, out: Path) -> Path:
 def write_instance_dataset(out: Path, items: dict[str, tuple[np.ndarray, np.ndarray]],
                            names: tuple[str, ...]) -> Path:
     """Images with instance-id masks (0 = background, all one class) as images/, labels/, COCO json."""
-    from segrt.export.bundle import atomic_dir
-    from segrt.runtime.image import write_image_atomic
-
-    with atomic_dir(Path(out), force=True) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
-        images, anns = [], []
-        for i, (stem, (image, ids)) in enumerate(items.items(), start=1):
-            write_image_atomic(tmp / "images" / f"{stem}.png", image)
-            write_image_atomic(tmp / "labels" / f"{stem}.png", (ids > 0).astype(np.uint8))
-            images.append({"id": i, "file_name": f"{stem}.png", "height": ids.shape[0], "width": ids.shape[1]})
-            n = int(ids.max())
-            anns += synth.coco_annotations(ids, [1] * n, [False] * n, i, len(anns) + 1)
-        write_json_atomic(tmp / "annotations.json", {"images": images, "annotations": anns,
-                                                     "categories": synth.categories(names)})
-        write_json_atomic(tmp / "classes.json", {"classes": list(names), "ignore_index": synth.IGNORE})
-    return Path(out)
+    samples = []
+    for stem, (image, ids) in items.items():
+        n = int(ids.max())
+        samples.append(synth.Sample(stem, image, (ids > 0).astype(np.uint8), ids, [1] * n, [False] * n))
+    return synth.write_folder(out, samples, names)
 
 
 def _train_samples(recipe: Recipe) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -300,17 +288,17 @@ def train(recipe: Recipe, backbone: Path | None = None) -> tuple[Any, dict[str, 
 
 def validate(model: Any, recipe: Recipe, val_dir: Path) -> dict[str, Any]:
     """PyTorch's own score on the held-out folder: mIoU (semantic) or COCO box/mask AP (instance)."""
-    from segrt.runtime.image import read_image
+    from segrt.runtime.image import read_image, to_channels
 
-    images = sorted((val_dir / "images").iterdir())
+    from .eval_run import Dataset
+
     if recipe.task == "instance":
         return coco_evaluate(val_dir / "annotations.json", torch_instances(model, val_dir))
+    ds = Dataset.open(val_dir)
     conf = np.zeros((len(recipe.classes),) * 2, np.int64)
-    for path in images:
-        arr = read_image(path)
-        arr = arr[:, :, None] if arr.ndim == 2 else arr
-        truth = cv2.imread(str(val_dir / "labels" / f"{path.stem}.png"), cv2.IMREAD_UNCHANGED)
-        conf += confusion(torch_labels(model, recipe.input_spec, arr), truth, len(recipe.classes))
+    for path in ds.images:
+        arr = to_channels(read_image(path), recipe.in_channels)
+        conf += confusion(torch_labels(model, recipe.input_spec, arr), ds.truth(path), len(recipe.classes))
     return iou_summary(conf, recipe.classes)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,25 +170,47 @@ def iter_scenes(cfg: SynthConfig) -> Iterator[Scene]:
         yield make_scene(cfg, i)
 
 
-def write_dataset(out: Path, cfg: SynthConfig) -> Path:
-    """Write ``cfg.count`` scenes as a ``segrt eval`` dataset folder, built aside and renamed into place."""
+@dataclass
+class Sample:
+    """One image of a dataset folder: pixels as written (BGR or grayscale), class-id labels, and the
+    instance-id map with each instance's class and crowd flag."""
+
+    stem: str
+    image: np.ndarray
+    labels: np.ndarray
+    instances: np.ndarray
+    classes: list[int]
+    crowd: list[bool]
+
+
+def write_folder(out: Path, samples: Iterable[Sample], names: tuple[str, ...],
+                 info: dict[str, Any] | None = None) -> Path:
+    """A ``segrt eval`` dataset folder (images/, labels/, annotations.json, classes.json), built aside
+    and renamed into place."""
     from segrt.export.bundle import atomic_dir
 
     with atomic_dir(Path(out), force=True) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         images, anns = [], []
-        for i, scene in enumerate(iter_scenes(cfg)):
-            stem = f"{cfg.split}_{i:05d}"
-            write_image_atomic(tmp / "images" / f"{stem}.png", scene.image[:, :, ::-1])
-            write_image_atomic(tmp / "labels" / f"{stem}.png", scene.labels)
-            images.append({"id": i + 1, "file_name": f"{stem}.png", "height": cfg.size[0], "width": cfg.size[1]})
-            anns += coco_annotations(scene.instances, scene.classes, scene.crowd, i + 1, len(anns) + 1)
-        coco = {"info": {"description": "segrt synthetic scenes", "config": _jsonable(cfg)},
-                "images": images, "annotations": anns, "categories": categories(CLASSES)}
+        for i, s in enumerate(samples, start=1):
+            write_image_atomic(tmp / "images" / f"{s.stem}.png", s.image)
+            write_image_atomic(tmp / "labels" / f"{s.stem}.png", s.labels)
+            images.append({"id": i, "file_name": f"{s.stem}.png", "height": s.labels.shape[0],
+                           "width": s.labels.shape[1]})
+            anns += coco_annotations(s.instances, s.classes, s.crowd, i, len(anns) + 1)
+        coco = ({"info": info} if info else {}) | {"images": images, "annotations": anns,
+                                                    "categories": categories(names)}
         write_json_atomic(tmp / "annotations.json", coco)
-        write_json_atomic(tmp / "classes.json", {"classes": list(CLASSES), "ignore_index": IGNORE})
+        write_json_atomic(tmp / "classes.json", {"classes": list(names), "ignore_index": IGNORE})
     return Path(out)
+
+
+def write_dataset(out: Path, cfg: SynthConfig) -> Path:
+    """Write ``cfg.count`` scenes as a ``segrt eval`` dataset folder."""
+    samples = (Sample(f"{cfg.split}_{i:05d}", s.image[:, :, ::-1], s.labels, s.instances, s.classes, s.crowd)
+               for i, s in enumerate(iter_scenes(cfg)))
+    return write_folder(out, samples, CLASSES, {"description": "segrt synthetic scenes", "config": _jsonable(cfg)})
 
 
 def _jsonable(cfg: SynthConfig) -> dict[str, Any]:

@@ -13,10 +13,9 @@ from .errors import (
     ModelFormatError,
     SegrtError,
 )
-from .manifest import InputSpec, Manifest, OutputSpec, read_manifest
 from .instance import InstanceResult, InstanceSegmenter
 from .loader import load
-from .manifest import DetectionSpec
+from .manifest import DetectionSpec, InputSpec, Manifest, OutputSpec, read_manifest
 from .semantic import SegmentationResult, Segmenter
 
 try:
