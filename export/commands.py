@@ -35,11 +35,34 @@ def _weights(text: str) -> Path | None:
     return None if text.lower() == "none" else Path(text)
 
 
+def cmd_export_sam(args: argparse.Namespace) -> int:
+    from .sam_export import export_sam
+
+    if args.checkpoint is not None and args.weights is not None:
+        raise InvalidInputError("pass --checkpoint (or its alias --weights) once")
+    given = args.checkpoint if args.checkpoint is not None else args.weights
+    if given is None:
+        raise InvalidInputError("sam needs --checkpoint FILE (Meta's sam_vit_*.pth) or --checkpoint none")
+    variant = args.variant or args.encoder or "vit_b"
+    manifest = export_sam(variant, _weights(given), args.out, seed=args.seed, opset=args.opset, force=args.force,
+                          verify_image=args.verify_image)
+    v = manifest.verification
+    print(f"segrt: exported sam/{variant} to {args.out}: logit relative error {v['max_logit_rel_error']:.2e}, "
+          f"worst mask IoU {v['min_mask_iou']:.4f} against segment-anything")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .exporter import export_model
     from .models import get_spec
     from .spec import ExportConfig
 
+    if args.architecture == "sam":
+        return cmd_export_sam(args)
+    if args.checkpoint is not None or args.variant is not None:
+        raise InvalidInputError(f"--checkpoint and --variant are for sam; {args.architecture} takes --weights/--encoder")
+    if args.weights is None:
+        raise InvalidInputError("--weights FILE|none is required")
     spec = get_spec(args.architecture)
     classes, names = args.classes, args.class_names
     if spec.task == "instance" and classes is None:
@@ -56,7 +79,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         classes=classes,
         in_channels=args.in_channels,
         class_names=names,
-        weights=args.weights,
+        weights=_weights(args.weights),
         seed=args.seed,
         opset=args.opset,
         intensity=args.intensity,
@@ -92,14 +115,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .models import SPECS
 
     p = sub.add_parser("export", help="export a PyTorch model to a verified ONNX bundle (needs segrt[export])")
-    p.add_argument("architecture", choices=[s.name for s in SPECS])
+    p.add_argument("architecture", choices=[*(s.name for s in SPECS), "sam"])
     p.add_argument("--encoder", "--arch", help="backbone or variant (defaults: unet resnet34, deeplab* resnet50, "
                    "maskrcnn maskrcnn_resnet50_fpn; maskrcnn also takes maskrcnn_resnet50_fpn_v2)")
     p.add_argument("--classes", "--num-classes", type=int, help="number of classes, background included "
                    "(maskrcnn default: COCO's 91)")
     p.add_argument("--class-names", type=_names, help="comma-separated names or a file with one per line")
     p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--weights", type=_weights, required=True, help="a local .pth/.pt/.safetensors state_dict, or none")
+    p.add_argument("--weights", help="a local .pth/.pt/.safetensors state_dict, or none (required)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (--weights none)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--intensity", choices=("dtype", "minmax"), default="dtype", help="how pixel values map to 0-1")
@@ -111,6 +134,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--graph-score-threshold", type=float, default=0.05, help="the graph's own floor (torchvision: 0.05)")
     g.add_argument("--nms-threshold", type=float, default=0.5, help="per-class box NMS IoU in the graph")
     g.add_argument("--detections", type=int, default=100, help="maximum detections per image in the graph")
+    g = p.add_argument_group("Segment Anything (sam)")
+    g.add_argument("--variant", choices=("vit_b", "vit_l", "vit_h", "tiny"),
+                   help="SAM encoder (default vit_b; tiny is a reduced test model with no official checkpoint)")
+    g.add_argument("--checkpoint", help="Meta's sam_vit_{b,l,h}_*.pth, loaded unchanged, or none (seeded weights)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.set_defaults(func=cmd_export)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 Exporter = Literal["dynamo", "torchscript"]
 #: Import names the export stage needs, with the distribution that provides each.
 EXPORT_DEPS = {"torch": "torch", "torchvision": "torchvision", "segmentation_models_pytorch": "segmentation-models-pytorch",
+               "segment_anything": "segment-anything",
                "onnx": "onnx", "onnxscript": "onnxscript", "onnxslim": "onnxslim", "skimage": "scikit-image"}
 
 

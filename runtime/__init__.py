@@ -15,7 +15,9 @@ from .errors import (
 )
 from .instance import InstanceResult, InstanceSegmenter
 from .loader import load
-from .manifest import DetectionSpec, InputSpec, Manifest, OutputSpec, read_manifest
+from .manifest import DetectionSpec, InputSpec, Manifest, OutputSpec, SamSpec, read_manifest
+from .sam import SamPredictor
+from .sam_amg import SamAutomaticMaskGenerator
 from .semantic import SegmentationResult, Segmenter
 
 try:
@@ -36,8 +38,11 @@ __all__ = [
     "Manifest",
     "ModelFormatError",
     "OutputSpec",
+    "SamAutomaticMaskGenerator",
+    "SamPredictor",
     "SegmentationResult",
     "Segmenter",
+    "SamSpec",
     "SegrtError",
     "available_providers",
     "load",

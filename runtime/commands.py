@@ -15,7 +15,8 @@ from .errors import InvalidInputError, SegrtError
 from .image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image, write_image_atomic
 from .instance import InstanceResult
 from .loader import load
-from .manifest import write_json_atomic
+from .sam import SamPredictor
+from .manifest import read_manifest, write_json_atomic
 
 log = logging.getLogger("segrt")
 
@@ -32,6 +33,9 @@ def _inputs(path: Path) -> list[Path]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if read_manifest(args.bundle).task == "sam":
+        raise InvalidInputError(f"{args.bundle} is a SAM bundle, which needs prompts: use `segrt sam {args.bundle} "
+                                "--image IMG --point X,Y` or `--everything`")
     seg = load(args.bundle, args.device, threads=args.threads, max_pixels=args.max_pixels,
                score_threshold=args.score_threshold)
     log.info("running on %s (%s)", seg.device, seg.runner.name)
@@ -65,11 +69,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     seg = load(args.bundle, "cpu")
     manifest = seg.manifest
-    io = {
-        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype)} for s in seg.runner.input_specs()],
-        "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype)} for s in seg.runner.output_specs()],
-    }
-    print(json.dumps({"manifest": manifest.to_dict(), "model": io, "providers": available_providers()}, indent=2))
+    runners = {"model": seg.runner} if not isinstance(seg, SamPredictor) else {"encoder": seg.encoder,
+                                                                                "decoder": seg.decoder}
+    io = {name: {
+        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype)} for s in r.input_specs()],
+        "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype)} for s in r.output_specs()],
+    } for name, r in runners.items()}
+    print(json.dumps({"manifest": manifest.to_dict(), **io, "providers": available_providers()}, indent=2))
     return 0
 
 

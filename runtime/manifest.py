@@ -18,10 +18,10 @@ from .errors import ModelFormatError
 MANIFEST_NAME = "segrt.json"
 FORMAT_VERSION = 1
 
-Task = Literal["semantic", "instance"]
+Task = Literal["semantic", "instance", "sam"]
 Layout = Literal["nchw", "nhwc"]
 ColorOrder = Literal["rgb", "bgr", "gray"]
-ResizeMode = Literal["pad", "stretch", "letterbox", "shortest_edge"]
+ResizeMode = Literal["pad", "stretch", "letterbox", "shortest_edge", "longest_side"]
 Activation = Literal["softmax", "sigmoid", "none"]
 Intensity = Literal["dtype", "minmax"]
 Precision = Literal["fp32", "fp16", "int8"]
@@ -42,7 +42,8 @@ class InputSpec:
     16-bit image uses a few hundred grey levels). ``resize="pad"`` keeps the input's resolution and
     pads bottom/right to a multiple of ``stride``; ``stretch``/``letterbox`` resize to ``size``;
     ``shortest_edge`` is torchvision's detection policy: scale so the shorter side is ``min_size``
-    unless the longer would pass ``max_size``, then pad to a multiple of ``stride``.
+    unless the longer would pass ``max_size``, then pad to a multiple of ``stride``; ``longest_side``
+    is Segment Anything's: scale so the longer side is ``size``'s, then pad bottom/right to ``size``.
     """
 
     name: str
@@ -135,6 +136,29 @@ class DetectionSpec:
 
 
 @dataclass(frozen=True)
+class SamSpec:
+    """A Segment Anything bundle's second graph and the constants its pre- and post-processing use.
+
+    The manifest's ``model_file`` is the image encoder; ``decoder_file`` is the prompt decoder, which
+    returns ``mask_tokens`` low-res masks per prompt (the first is the single-mask output, the rest
+    the multimask outputs) and never sees the original image size.
+    """
+
+    variant: str
+    decoder_file: str = "decoder.onnx"
+    embedding_shape: tuple[int, int, int] = (256, 64, 64)
+    low_res_size: int = 256
+    mask_tokens: int = 4
+    mask_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if Path(self.decoder_file).name != self.decoder_file:
+            raise ModelFormatError(f"sam.decoder_file must be a file name inside the bundle; got {self.decoder_file!r}")
+        if len(self.embedding_shape) != 3 or self.low_res_size < 1 or self.mask_tokens < 2:
+            raise ModelFormatError("sam needs embedding_shape [C, H, W], low_res_size >= 1 and mask_tokens >= 2")
+
+
+@dataclass(frozen=True)
 class Manifest:
     task: Task
     architecture: str
@@ -148,12 +172,13 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     detection: DetectionSpec | None = None  # task "instance"
+    sam: SamSpec | None = None  # task "sam"
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         _check_choice(self.task, Task, "task")
         _check_choice(self.precision, Precision, "precision")
-        if not self.classes:
+        if not self.classes and self.task != "sam":
             raise ModelFormatError("classes must name at least one class")
         if self.format_version > FORMAT_VERSION:
             raise ModelFormatError(
@@ -161,6 +186,10 @@ class Manifest:
             )
         if (self.task == "instance") != (self.detection is not None):
             raise ModelFormatError("a manifest has a detection section exactly when its task is 'instance'")
+        if (self.task == "sam") != (self.sam is not None):
+            raise ModelFormatError("a manifest has a sam section exactly when its task is 'sam'")
+        if self.input.resize == "longest_side" and (self.input.size is None or self.input.size[0] != self.input.size[1]):
+            raise ModelFormatError("input.resize longest_side needs a square input.size")
         if Path(self.model_file).name != self.model_file:
             raise ModelFormatError(f"model_file must be a file name inside the bundle; got {self.model_file!r}")
 
@@ -180,9 +209,13 @@ class Manifest:
                     inp[key] = tuple(float(v) for v in inp[key])
             if inp.get("size") is not None:
                 inp["size"] = tuple(int(v) for v in inp["size"])
-            fields = {k: v for k, v in data.items() if k not in ("input", "output", "classes", "detection")}
+            fields = {k: v for k, v in data.items() if k not in ("input", "output", "classes", "detection", "sam")}
             if data.get("detection") is not None:
                 fields["detection"] = DetectionSpec(**data["detection"])
+            if data.get("sam") is not None:
+                sam = dict(data["sam"])
+                sam["embedding_shape"] = tuple(int(v) for v in sam.get("embedding_shape", (256, 64, 64)))
+                fields["sam"] = SamSpec(**sam)
             return cls(
                 input=InputSpec(**inp),
                 output=OutputSpec(**data["output"]),

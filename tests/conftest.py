@@ -189,3 +189,26 @@ def maskrcnn(fixture_root: Path) -> Trained:
 @pytest.fixture(scope="session")
 def unet_trained(fixture_root: Path) -> Trained:
     return train_quick(fixture_root, "unet")
+
+
+@dataclass
+class SamExport:
+    bundle: Path
+    model: object  # segment-anything's Sam with the same (seeded) weights
+    checkpoint: Path
+
+
+@pytest.fixture(scope="session")
+def sam_tiny(tmp_path_factory) -> SamExport:
+    """The reduced SAM (segment-anything's modules, 2 blocks of width 64), seeded, saved as a
+    checkpoint and exported from that checkpoint through the public API."""
+    import torch
+
+    from segrt.export.sam_export import build, export_sam
+
+    tmp = tmp_path_factory.mktemp("sam")
+    model, _ = build("tiny", None, seed=3)
+    ckpt = tmp / "sam_tiny.pth"
+    torch.save(model.state_dict(), ckpt)
+    export_sam("tiny", ckpt, tmp / "bundle")
+    return SamExport(tmp / "bundle", model, ckpt)

@@ -1,0 +1,178 @@
+"""Segment Anything: the image encoder and the prompt decoder as two graphs.
+
+Built from segment-anything's own modules (``sam_model_registry``), so Meta's checkpoints load
+unchanged. The encoder graph takes the normalised, padded 1024x1024 image; resizing, normalising
+and padding are the runtime's. The decoder graph is segment-anything's ``SamOnnxModel`` without its
+mask post-processing: no ``orig_im_size`` input (as a graph input it becomes a TensorRT shape
+tensor), no upscaling and no single-mask selection. It returns all four low-res masks per prompt and
+their IoU predictions; the runtime slices them as ``SamPredictor`` does and upscales outside the
+graph. Prompts come in a batch (B prompts of N points each, both dynamic); a box is two corner
+points labelled 2 and 3, and a prompt without a box ends with one padding point labelled -1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segrt.runtime.errors import ExportError
+
+from ..spec import ExportConfig, ModelSpec
+
+
+@dataclass(frozen=True)
+class Variant:
+    embed_dim: int
+    depth: int
+    heads: int
+    global_attn: tuple[int, ...]
+    official: bool = True
+    #: Random init leaves mask logits within +-0.3 and IoU predictions near 0, so the automatic
+    #: generator's filters (stability at logit +-1, predicted IoU 0.88) would drop every mask. The
+    #: test variant's output layers are scaled to the ranges a trained SAM's span.
+    sharpen: bool = False
+
+
+#: segment-anything's encoders, plus ``tiny``: the same modules, shallow and narrow, for tests (no
+#: official checkpoint exists for it; use ``--checkpoint none``).
+VARIANTS: dict[str, Variant] = {
+    "vit_b": Variant(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": Variant(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": Variant(1280, 32, 16, (7, 15, 23, 31)),
+    "tiny": Variant(64, 2, 2, (1,), official=False, sharpen=True),
+}
+IMAGE_SIZE = 1024
+EMBED_SHAPE = (256, 64, 64)
+LOW_RES = 256
+MASK_TOKENS = 4  # one single-mask output, then three multimask outputs
+ENCODER_INPUTS = ("image",)
+ENCODER_OUTPUTS = ("image_embeddings",)
+DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
+
+
+def build_sam(variant: str) -> Any:
+    """segment-anything's ``Sam`` for ``variant`` with random weights (seed first)."""
+    from segment_anything.build_sam import _build_sam
+
+    if variant not in VARIANTS:
+        raise ExportError(f"unknown SAM variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    v = VARIANTS[variant]
+    model = _build_sam(encoder_embed_dim=v.embed_dim, encoder_depth=v.depth, encoder_num_heads=v.heads,
+                       encoder_global_attn_indexes=list(v.global_attn), checkpoint=None)
+    if v.sharpen:
+        _sharpen(model)
+    return model
+
+
+def _sharpen(model: Any) -> None:
+    """Mask logits to about +-10 and IoU predictions to about 0.8-1.0 (random weights otherwise
+    give +-0.3 and 0)."""
+    import torch
+
+    dec = model.mask_decoder
+    with torch.no_grad():
+        for mlp in dec.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(30.0)
+            mlp.layers[-1].bias.mul_(30.0)
+        last = dec.iou_prediction_head.layers[-1]
+        last.weight.mul_(2.0)
+        last.bias.fill_(0.8)
+
+
+def detect_variant(state: dict[str, Any]) -> str | None:
+    """Which variant a state dict was saved from (by encoder width and depth), or None."""
+    proj = state.get("image_encoder.patch_embed.proj.weight")
+    if proj is None:
+        return None
+    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    for name, v in VARIANTS.items():
+        if v.embed_dim == proj.shape[0] and v.depth == depth:
+            return name
+    return None
+
+
+def load_checkpoint(model: Any, variant: str, path: Path) -> None:
+    """Load Meta's checkpoint file unchanged; name the variant it really is when it does not fit."""
+    from ..weights import apply_state_dict, read_state_dict
+
+    state = read_state_dict(path)
+    found = detect_variant(state)
+    if found != variant:
+        what = f"a {found} checkpoint" if found else "not a SAM checkpoint (no image_encoder.patch_embed)"
+        raise ExportError(f"{path.name} is {what}; you asked for --variant {variant}")
+    apply_state_dict(model, state, ())
+
+
+def _encoder_class() -> type:
+    import torch
+
+    class SamEncoderGraph(torch.nn.Module):
+        """Normalised, padded (1, 3, 1024, 1024) image -> (1, 256, 64, 64) image embeddings."""
+
+        def __init__(self, sam: Any) -> None:
+            super().__init__()
+            self.image_encoder = sam.image_encoder
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.image_encoder(image)
+
+    return SamEncoderGraph
+
+
+def _decoder_class() -> type:
+    import torch
+
+    class SamDecoderGraph(torch.nn.Module):
+        """Prompt encoder + mask decoder for a batch of prompts on one image's embeddings."""
+
+        def __init__(self, sam: Any) -> None:
+            super().__init__()
+            self.prompt_encoder, self.mask_decoder = sam.prompt_encoder, sam.mask_decoder
+
+        def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            pe = self.prompt_encoder
+            emb = pe.pe_layer._pe_encoding((coords + 0.5) / IMAGE_SIZE)
+            labels = labels.unsqueeze(-1).expand_as(emb)
+            emb = emb * (labels != -1) + pe.not_a_point_embed.weight * (labels == -1)
+            for i in range(pe.num_point_embeddings):
+                emb = emb + pe.point_embeddings[i].weight * (labels == i)
+            return emb
+
+        def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+                    mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            pe = self.prompt_encoder
+            sparse = self._embed_points(point_coords, point_labels)
+            dense = has_mask_input * pe.mask_downscaling(mask_input)
+            dense = dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+            return self.mask_decoder.predict_masks(image_embeddings=image_embeddings, image_pe=pe.get_dense_pe(),
+                                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+
+    return SamDecoderGraph
+
+
+def encoder_graph(sam: Any) -> Any:
+    return _encoder_class()(sam).eval()
+
+
+def decoder_graph(sam: Any) -> Any:
+    return _decoder_class()(sam).eval()
+
+
+def _unused_build(cfg: ExportConfig) -> Any:  # SAM is built by variant, not from an ExportConfig
+    raise ExportError("SAM graphs are exported with `segrt export sam`")
+
+
+ENCODER = ModelSpec(
+    name="sam_encoder", task="sam", build=_unused_build, encoders=lambda: tuple(VARIANTS), default_encoder="vit_b",
+    stride=IMAGE_SIZE, input_names=ENCODER_INPUTS, output_names=ENCODER_OUTPUTS, dynamic_axes={},
+    exporter="torchscript",
+)
+DECODER = ModelSpec(
+    name="sam_decoder", task="sam", build=_unused_build, encoders=lambda: tuple(VARIANTS), default_encoder="vit_b",
+    stride=1, input_names=DECODER_INPUTS, output_names=DECODER_OUTPUTS,
+    dynamic_axes={"point_coords": {0: "prompts", 1: "points"}, "point_labels": {0: "prompts", 1: "points"},
+                  "mask_input": {0: "mask_batch"}, "low_res_masks": {0: "prompts"}, "iou_predictions": {0: "prompts"}},
+    exporter="torchscript",
+)
