@@ -104,6 +104,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = BenchConfig(size=args.size, warmup=args.warmup, iters=args.iters, threads=args.threads,
                       baseline=args.baseline == "torch")
+    if args.sam:
+        return _bench_sam(args, cfg)
     if not args.bundles and not args.quick:
         raise InvalidInputError("name bundles to benchmark, or pass --quick for the default set")
     bundles = list(args.bundles) or [ensure_bundle(*m) for m in QUICK_MODELS]
@@ -128,6 +130,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_sam(args: argparse.Namespace, cfg: Any) -> int:
+    from .bench_sam import bench_sam, markdown_sam
+    from .machine import describe
+
+    if args.bundles or args.quick:
+        raise InvalidInputError("--sam times SAM alone; run bundles or --quick separately")
+    if args.amg_points < 1:
+        raise InvalidInputError(f"--amg-points must be >= 1; got {args.amg_points}")
+    result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
+              "results": [bench_sam(variant, cfg, args.amg_points) for variant in args.sam]}
+    table = markdown_sam(result)
+    print(table)
+    if args.json:
+        write_json_atomic(args.json, result)
+    if args.markdown:
+        write_text_atomic(args.markdown, table)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency per stage against PyTorch eager (needs segrt[export] for --quick)")
     p.add_argument("bundles", nargs="*", type=Path, help="bundles to time (default with --quick: U-Net, DeepLabV3+)")
@@ -141,6 +162,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE.json", "AFTER.json"),
                    help="print the after/before ratios of two --json results instead of benchmarking")
+    p.add_argument("--sam", nargs="+", choices=("vit_b", "vit_l", "vit_h", "tiny"),
+                   help="time SAM variants (seeded) against segment-anything: encoder, decoder, automatic masks")
+    p.add_argument("--amg-points", type=int, default=32, help="--sam: automatic mask generation points per side")
     p.set_defaults(func=cmd_bench)
     register_eval(sub)
 

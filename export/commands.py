@@ -111,6 +111,19 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import QuantizeConfig, quantize_bundle
+
+    cfg = QuantizeConfig(precision=args.precision, calib=args.calib, samples=args.samples, calibrator=args.calibrator,
+                         exclude=tuple(args.exclude or ()), eval_images=args.eval, min_score=args.min_score,
+                         fp16_io=args.io == "fp16")
+    m = quantize_bundle(args.bundle, args.out, cfg, force=args.force)
+    gate = m.quantization["gate"]
+    print(f"segrt: {args.precision} variant of {args.bundle} written to {args.out}: {gate['metric']} "
+          f"{gate['score']:.4f} vs fp32 on {gate['images']} held-out images (tolerance {gate['minimum']})")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from .models import SPECS
 
@@ -141,6 +154,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="FP16 or calibrated INT8 variant of a bundle, behind an accuracy gate")
+    p.add_argument("bundle", type=Path, help="the FP32 bundle")
+    p.add_argument("--precision", choices=("fp16", "int8"), required=True)
+    p.add_argument("--calib", type=Path, help="int8: a folder of images or a video, preprocessed as the runtime does")
+    p.add_argument("--samples", type=int, default=32, help="int8: calibration images (evenly spaced) or frames")
+    p.add_argument("--calibrator", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--exclude", action="append", metavar="NODE", help="node name kept in float (repeat)")
+    p.add_argument("--eval", type=Path, help="held-out images for the gate (default: 4 scikit-image photos)")
+    p.add_argument("--min-score", type=float, help="gate tolerance: pixel agreement (semantic, default 0.98) or "
+                   "mean matched mask IoU (instance 0.85, sam 0.90)")
+    p.add_argument("--io", choices=("fp32", "fp16"), default="fp32", help="fp16: the graph's inputs/outputs too")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("import", help="wrap an existing ONNX segmentation model in a bundle")
     p.add_argument("model", type=Path)

@@ -173,6 +173,7 @@ class Manifest:
     verification: dict[str, Any] = field(default_factory=dict)
     detection: DetectionSpec | None = None  # task "instance"
     sam: SamSpec | None = None  # task "sam"
+    quantization: dict[str, Any] = field(default_factory=dict)  # FP16/INT8 variants: what, how, gate numbers
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:

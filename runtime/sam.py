@@ -30,6 +30,8 @@ log = logging.getLogger("segrt")
 DEFAULT_CACHE_BYTES = 256 * 2**20
 POINT_LABELS = (0, 1, 2, 3)  # background, foreground, box top-left, box bottom-right
 PAD_LABEL = -1
+#: OpenCV resizes at most this many channels in one call (CV_CN_MAX is 128 in OpenCV 5, 512 in 4).
+CV_MAX_CHANNELS = 128
 
 
 def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
@@ -63,8 +65,8 @@ def upscale_logits(low_res: np.ndarray, input_hw: tuple[int, int], original_hw: 
     k = low_res.shape[0]
     out = np.empty((k, *original_hw), np.float32)
     (ih, iw), (oh, ow) = input_hw, original_hw
-    for start in range(0, k, 256):  # OpenCV resizes up to 512 channels at once
-        chunk = np.ascontiguousarray(low_res[start : start + 256].transpose(1, 2, 0))
+    for start in range(0, k, CV_MAX_CHANNELS):
+        chunk = np.ascontiguousarray(low_res[start : start + CV_MAX_CHANNELS].transpose(1, 2, 0))
         big = cv2.resize(chunk, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
         big = big.reshape(image_size, image_size, -1)[:ih, :iw]
         small = cv2.resize(np.ascontiguousarray(big), (ow, oh), interpolation=cv2.INTER_LINEAR)

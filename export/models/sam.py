@@ -12,6 +12,7 @@ points labelled 2 and 3, and a prompt without a box ends with one padding point 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,57 @@ def _encoder_class() -> type:
     return SamEncoderGraph
 
 
+def _attention(att: Any, q: Any, k: Any, v: Any) -> Any:
+    """segment-anything's ``Attention.forward``; the MatMuls broadcast a batch of 1 against B."""
+    import torch
+
+    q = att._separate_heads(att.q_proj(q), att.num_heads)
+    k = att._separate_heads(att.k_proj(k), att.num_heads)
+    v = att._separate_heads(att.v_proj(v), att.num_heads)
+    attn = torch.softmax(q @ k.permute(0, 1, 3, 2) / math.sqrt(q.shape[-1]), dim=-1)
+    return att.out_proj(att._recombine_heads(attn @ v))
+
+
+def _two_way_block(blk: Any, queries: Any, keys: Any, query_pe: Any, key_pe: Any) -> tuple[Any, Any]:
+    """``TwoWayAttentionBlock.forward``, same operations in the same order."""
+    if blk.skip_first_layer_pe:
+        queries = _attention(blk.self_attn, queries, queries, queries)
+    else:
+        q = queries + query_pe
+        queries = queries + _attention(blk.self_attn, q, q, queries)
+    queries = blk.norm1(queries)
+    queries = blk.norm2(queries + _attention(blk.cross_attn_token_to_image, queries + query_pe, keys + key_pe, keys))
+    queries = blk.norm3(queries + blk.mlp(queries))
+    attn_out = _attention(blk.cross_attn_image_to_token, keys + key_pe, queries + query_pe, queries)
+    return queries, blk.norm4(keys + attn_out)
+
+
+def predict_masks(decoder: Any, image_embeddings: Any, image_pe: Any, sparse: Any, dense: Any) -> tuple[Any, Any]:
+    """``MaskDecoder.predict_masks`` without ``repeat_interleave``: the image side stays a batch of one
+    until the first image-to-token attention mixes in each prompt. The same arithmetic, but the
+    prompt-independent projections of the 4096 image tokens run once per call instead of once per
+    prompt, and no B copies of the embeddings are made (profiled: Tile alone was 8 % of the decoder)."""
+    import torch
+
+    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+    src = image_embeddings + dense  # (1 or B, C, h, w)
+    _, c, h, w = src.shape
+    t = decoder.transformer
+    keys, key_pe = src.flatten(2).permute(0, 2, 1), image_pe.flatten(2).permute(0, 2, 1)
+    queries = tokens
+    for layer in t.layers:
+        queries, keys = _two_way_block(layer, queries, keys, tokens, key_pe)
+    queries = t.norm_final_attn(queries + _attention(t.final_attn_token_to_image, queries + tokens, keys + key_pe, keys))
+    iou_token_out, mask_tokens_out = queries[:, 0, :], queries[:, 1 : 1 + decoder.num_mask_tokens, :]
+    upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(-1, c, h, w))
+    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
+                           dim=1)
+    b, c2, h2, w2 = upscaled.shape
+    masks = (hyper_in @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)
+    return masks, decoder.iou_prediction_head(iou_token_out)
+
+
 def _decoder_class() -> type:
     import torch
 
@@ -146,8 +198,7 @@ def _decoder_class() -> type:
             sparse = self._embed_points(point_coords, point_labels)
             dense = has_mask_input * pe.mask_downscaling(mask_input)
             dense = dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
-            return self.mask_decoder.predict_masks(image_embeddings=image_embeddings, image_pe=pe.get_dense_pe(),
-                                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+            return predict_masks(self.mask_decoder, image_embeddings, pe.get_dense_pe(), sparse, dense)
 
     return SamDecoderGraph
 
