@@ -106,6 +106,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       baseline=args.baseline == "torch")
     if args.sam:
         return _bench_sam(args, cfg)
+    if args.precisions:
+        return _bench_precisions(args, cfg)
     if not args.bundles and not args.quick:
         raise InvalidInputError("name bundles to benchmark, or pass --quick for the default set")
     bundles = list(args.bundles) or [ensure_bundle(*m) for m in QUICK_MODELS]
@@ -149,6 +151,21 @@ def _bench_sam(args: argparse.Namespace, cfg: Any) -> int:
     return 0
 
 
+def _bench_precisions(args: argparse.Namespace, cfg: Any) -> int:
+    from .bench_precision import bench_precision, markdown_precision
+    from .machine import describe
+
+    result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
+              "results": [bench_precision(name, cfg) for name in args.precisions]}
+    table = markdown_precision(result)
+    print(table)
+    if args.json:
+        write_json_atomic(args.json, result)
+    if args.markdown:
+        write_text_atomic(args.markdown, table)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency per stage against PyTorch eager (needs segrt[export] for --quick)")
     p.add_argument("bundles", nargs="*", type=Path, help="bundles to time (default with --quick: U-Net, DeepLabV3+)")
@@ -164,6 +181,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print the after/before ratios of two --json results instead of benchmarking")
     p.add_argument("--sam", nargs="+", choices=("vit_b", "vit_l", "vit_h", "tiny"),
                    help="time SAM variants (seeded) against segment-anything: encoder, decoder, automatic masks")
+    p.add_argument("--precisions", nargs="+", metavar="FIXTURE",
+                   help="fp32 vs fp16 vs int8 of trained fixtures (e.g. unet deeplabv3plus): speed and agreement")
     p.add_argument("--amg-points", type=int, default=32, help="--sam: automatic mask generation points per side")
     p.set_defaults(func=cmd_bench)
     register_eval(sub)

@@ -9,10 +9,11 @@ from typing import get_args
 from ..errors import BackendUnavailableError, InvalidInputError
 from .base import Device, Runner, RunnerOptions, TensorSpec
 from .ort import OrtCpuRunner, OrtCudaRunner, OrtTensorRTRunner, available_providers
+from .tensorrt import TensorRTRunner
 
 log = logging.getLogger("segrt")
 
-BACKENDS: tuple[type[Runner], ...] = (OrtTensorRTRunner, OrtCudaRunner, OrtCpuRunner)
+BACKENDS: tuple[type[Runner], ...] = (TensorRTRunner, OrtTensorRTRunner, OrtCudaRunner, OrtCpuRunner)
 DEVICES = ("auto", *get_args(Device))
 
 
@@ -25,6 +26,10 @@ def select_runner(model_path: Path, device: str = "auto", options: RunnerOptions
     if device not in DEVICES:
         raise InvalidInputError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
     options = options or RunnerOptions()
+    if device == "tensorrt" and not options.build_engines:
+        from dataclasses import replace
+
+        options = replace(options, build_engines=True)  # asked for TensorRT by name: build when none fits
     candidates = [b for b in BACKENDS if device == "auto" or b.device == device]
     skipped: list[str] = []
     for backend in candidates:

@@ -32,6 +32,7 @@ class TensorSpec:
 class RunnerOptions:
     threads: int | None = None  # intra-op threads; None lets the backend decide (physical cores)
     device_id: int = 0
+    build_engines: bool = False  # TensorRT: build an engine when none fits (minutes); set for device="tensorrt"
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:

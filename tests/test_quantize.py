@@ -1,0 +1,138 @@
+"""FP16 and INT8 variants: real conversions and calibrations through onnxruntime.quantization and
+onnxconverter-common, checked against the FP32 bundle by the runtime itself."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segrt.export.quantize import QuantizeConfig, quantize_bundle
+from segrt.runtime import ExportError, InvalidInputError, load, read_manifest
+
+from .test_cli import segrt
+
+pytestmark = pytest.mark.slow
+
+
+def _split(val_images: Path, tmp: Path) -> tuple[Path, Path]:
+    """Calibrate on half the fixture's validation images, gate on the other half (held out)."""
+    calib, held = tmp / "calib", tmp / "held"
+    calib.mkdir()
+    held.mkdir()
+    for i, p in enumerate(sorted(val_images.iterdir())):
+        shutil.copy(p, (calib if i % 2 == 0 else held) / p.name)
+    return calib, held
+
+
+def _ops(path: Path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _agreement(a: Path, b: Path, images: Path) -> float:
+    ref, var = load(a, "cpu"), load(b, "cpu")
+    return float(np.mean([(ref(p).label_map == var(p).label_map).mean() for p in sorted(images.iterdir())]))
+
+
+def test_int8_semantic_is_qdq_gated_and_reuses_its_calibration(unet_trained, tmp_path) -> None:
+    calib, held = _split(unet_trained.val_dir / "images", tmp_path)
+    cfg = QuantizeConfig("int8", calib=calib, samples=8, eval_images=held)
+    m = quantize_bundle(unet_trained.bundle, tmp_path / "int8", cfg)
+    q = m.quantization
+    assert m.precision == "int8" and read_manifest(tmp_path / "int8").precision == "int8"
+    assert q["gate"]["metric"] == "pixel_agreement" and q["gate"]["passed"] and q["gate"]["images"] == len(list(held.iterdir()))
+    assert not q["graphs"]["model.onnx"]["calibration_reused"] and q["graphs"]["model.onnx"]["samples"] == 8
+    ops = _ops(tmp_path / "int8" / "model.onnx")
+    assert ops.get("QuantizeLinear", 0) > 10 and ops.get("DequantizeLinear", 0) > 10
+    # the gate's number is what the runtime reproduces on the held-out images
+    assert _agreement(unet_trained.bundle, tmp_path / "int8", held) == pytest.approx(q["gate"]["score"], abs=1e-9)
+    assert q["gate"]["score"] >= 0.98
+    again = quantize_bundle(unet_trained.bundle, tmp_path / "int8b", cfg)
+    assert again.quantization["graphs"]["model.onnx"]["calibration_reused"]
+    assert again.quantization["gate"]["score"] == q["gate"]["score"]
+
+
+def test_fp16_semantic_keeps_sensitive_ops_and_passes(unet_trained, tmp_path) -> None:
+    import onnx
+
+    m = quantize_bundle(unet_trained.bundle, tmp_path / "fp16", QuantizeConfig("fp16", eval_images=unet_trained.val_dir / "images"))
+    assert m.precision == "fp16" and m.quantization["gate"]["passed"]
+    facts = m.quantization["graphs"]["model.onnx"]
+    assert "Softmax" in facts["kept_fp32_ops"] and facts["io"] == "fp32"
+    model = onnx.load(str(tmp_path / "fp16" / "model.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O by default
+    assert m.quantization["gate"]["score"] >= 0.999
+
+
+def test_bad_calibration_fails_the_gate_and_writes_nothing(unet_trained, tmp_path) -> None:
+    import cv2
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    cv2.imwrite(str(flat / "grey.png"), np.full((96, 96, 3), 128, np.uint8))  # ranges of a blank wall
+    with pytest.raises(ExportError, match="fails the accuracy gate.*bundle not written"):
+        quantize_bundle(unet_trained.bundle, tmp_path / "bad",
+                        QuantizeConfig("int8", calib=flat, eval_images=unet_trained.val_dir / "images"))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_calibration_from_a_video(unet_trained, photos, tmp_path) -> None:
+    import cv2
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (160, 160))
+    for name in ("astronaut", "coffee", "chelsea"):
+        for k in range(4):
+            writer.write(cv2.resize(photos[name], (160, 160))[:, :, ::-1].copy() if k % 2 else
+                         cv2.resize(photos[name][::-1], (160, 160))[:, :, ::-1].copy())
+    writer.release()
+    from segrt.export.quant_gate import load_images
+
+    names, frames = load_images(video, 6)
+    assert len(frames) == 6 and names[0] == "clip.avi#0" and frames[0].shape == (160, 160, 3)
+    m = quantize_bundle(unet_trained.bundle, tmp_path / "v", QuantizeConfig("int8", calib=video, samples=6,
+                                                                           min_score=0.0))
+    assert m.quantization["graphs"]["model.onnx"]["calibration_images"][0] == "clip.avi#0"
+
+
+def test_sam_int8_encoder_fp32_decoder(sam_tiny, photos, tmp_path) -> None:
+    import cv2
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for name in ("coffee", "chelsea"):
+        cv2.imwrite(str(calib / f"{name}.png"), photos[name][:, :, ::-1])
+    m = quantize_bundle(sam_tiny.bundle, tmp_path / "int8", QuantizeConfig("int8", calib=calib))
+    assert m.quantization["gate"]["metric"] == "mask_iou" and m.quantization["gate"]["passed"]
+    assert _ops(tmp_path / "int8" / "encoder.onnx").get("QuantizeLinear", 0) > 0
+    assert "QuantizeLinear" not in _ops(tmp_path / "int8" / "decoder.onnx")
+    f16 = quantize_bundle(sam_tiny.bundle, tmp_path / "fp16", QuantizeConfig("fp16"))
+    kept = f16.quantization["graphs"]["encoder.onnx"]["kept_fp32_nodes"]
+    assert kept and all("/attn/" in n for n in kept)
+    assert f16.quantization["gate"]["score"] >= 0.9
+
+
+def test_quantize_cli_and_errors(unet_trained, tmp_path) -> None:
+    proc = segrt("quantize", unet_trained.bundle, "--precision", "int8", "--out", tmp_path / "x")
+    assert proc.returncode == 2 and "--calib" in proc.stderr and "Traceback" not in proc.stderr
+    proc = segrt("quantize", unet_trained.bundle, "--precision", "int8", "--calib", tmp_path / "nope", "--out", tmp_path / "x")
+    assert proc.returncode == 2 and "neither a folder" in proc.stderr
+    proc = segrt("quantize", unet_trained.bundle, "--precision", "fp16", "--out", unet_trained.bundle)
+    assert proc.returncode == 2 and "new folder" in proc.stderr
+    proc = segrt("quantize", unet_trained.bundle, "--precision", "fp16", "--eval", unet_trained.val_dir / "images",
+                 "--out", tmp_path / "f")
+    assert proc.returncode == 0, proc.stderr
+    assert "pixel_agreement" in proc.stdout
+    proc = segrt("quantize", tmp_path / "f", "--precision", "int8", "--calib", unet_trained.val_dir / "images",
+                 "--out", tmp_path / "g")
+    assert proc.returncode == 2 and "already fp16" in proc.stderr
+    with pytest.raises(InvalidInputError):
+        QuantizeConfig("int4")  # type: ignore[arg-type]
