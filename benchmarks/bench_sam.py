@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from segrt.runtime.sam import SamPredictor
 from segrt.runtime.sam_amg import SamAutomaticMaskGenerator, build_point_grid
 
@@ -64,7 +63,6 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32) -> dict[str,
     import torch
     from segment_anything import SamAutomaticMaskGenerator as TorchGenerator
     from segment_anything import SamPredictor as TorchPredictor
-
     from segrt.export.sam_export import build
 
     bundle = ensure_sam_bundle(variant)

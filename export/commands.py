@@ -116,7 +116,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     cfg = QuantizeConfig(precision=args.precision, calib=args.calib, samples=args.samples, calibrator=args.calibrator,
                          exclude=tuple(args.exclude or ()), eval_images=args.eval, min_score=args.min_score,
-                         fp16_io=args.io == "fp16")
+                         fp16_io=args.io == "fp16", target=args.target)
     m = quantize_bundle(args.bundle, args.out, cfg, force=args.force)
     gate = m.quantization["gate"]
     print(f"segrt: {args.precision} variant of {args.bundle} written to {args.out}: {gate['metric']} "
@@ -166,6 +166,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-score", type=float, help="gate tolerance: pixel agreement (semantic, default 0.98) or "
                    "mean matched mask IoU (instance 0.85, sam 0.90)")
     p.add_argument("--io", choices=("fp32", "fp16"), default="fp32", help="fp16: the graph's inputs/outputs too")
+    p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
+                   help="int8 activations: uint8 for ONNX Runtime CPU, symmetric int8 for TensorRT (same calibration)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_quantize)

@@ -8,7 +8,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-
 from segrt.runtime.errors import InvalidInputError
 from segrt.runtime.image import IMAGE_SUFFIXES, list_images, read_image
 from segrt.runtime.manifest import Manifest

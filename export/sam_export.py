@@ -7,10 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from segrt.runtime.errors import ExportError
 from segrt.runtime.image import read_image
-from segrt.runtime.manifest import InputSpec, Manifest, OutputSpec, SamSpec, write_manifest
+from segrt.runtime.manifest import (
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    SamSpec,
+    write_manifest,
+)
 from segrt.runtime.sam import SamPredictor, to_uint8_rgb
 
 from .bundle import atomic_dir

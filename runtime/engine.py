@@ -19,7 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import BackendUnavailableError, EngineMismatchError, InvalidInputError, ModelFormatError
+from .errors import (
+    BackendUnavailableError,
+    EngineMismatchError,
+    InvalidInputError,
+    ModelFormatError,
+)
 
 log = logging.getLogger("segrt")
 EnginePrecision = Literal["fp32", "fp16", "int8", "best"]

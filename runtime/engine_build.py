@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .engine import BuildOptions, EngineKey, derive_profiles, gpu_identity, sha256_file, store_engine, workspace_bytes
+from .engine import (
+    BuildOptions,
+    EngineKey,
+    derive_profiles,
+    gpu_identity,
+    sha256_file,
+    store_engine,
+    workspace_bytes,
+)
 from .errors import BackendUnavailableError, ModelFormatError
 from .manifest import read_manifest
 

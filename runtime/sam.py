@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .backends import Runner, RunnerOptions, select_runner
+from .backends import RunnerOptions, select_runner
 from .errors import InvalidInputError, ModelFormatError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, read_image, to_channels
 from .manifest import Manifest, SamSpec, read_manifest

@@ -8,11 +8,23 @@ import importlib.util
 import json
 
 import pytest
-
-from segrt.runtime import BackendUnavailableError, EngineMismatchError, InvalidInputError, load
+from segrt.runtime import (
+    BackendUnavailableError,
+    EngineMismatchError,
+    InvalidInputError,
+    load,
+)
 from segrt.runtime.backends.tensorrt import TensorRTRunner
-from segrt.runtime.engine import (BuildOptions, EngineKey, Profile, derive_profiles, find_engine, explain_mismatch,
-                                  store_engine, workspace_bytes)
+from segrt.runtime.engine import (
+    BuildOptions,
+    EngineKey,
+    Profile,
+    derive_profiles,
+    explain_mismatch,
+    find_engine,
+    store_engine,
+    workspace_bytes,
+)
 from segrt.runtime.engine_build import onnx_inputs
 
 from .conftest import PPOCR

@@ -7,8 +7,12 @@ import json
 
 import numpy as np
 import pytest
-
-from segrt.runtime import InvalidInputError, SamAutomaticMaskGenerator, SamPredictor, load
+from segrt.runtime import (
+    InvalidInputError,
+    SamAutomaticMaskGenerator,
+    SamPredictor,
+    load,
+)
 from segrt.runtime.errors import ExportError
 
 from .test_cli import segrt
@@ -207,9 +211,8 @@ def test_automatic_masks_coco_rle(sam_tiny, photos) -> None:
 def test_nms_and_boxes_equal_torchvision() -> None:
     import torch
     from segment_anything.utils.amg import batched_mask_to_box
-    from torchvision.ops import nms as tv_nms
-
     from segrt.runtime.sam_amg import masks_to_boxes, nms
+    from torchvision.ops import nms as tv_nms
 
     rng = np.random.default_rng(1)
     xy = rng.uniform(0, 200, (300, 2))
