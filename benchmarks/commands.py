@@ -123,7 +123,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             results.append(bench_model(Path(bundle), cfg))
     result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
               "results": results}
-    table = markdown(result)
+    return _emit(args, result, markdown(result))
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], table: str) -> int:
+    """Print the table; write the JSON and Markdown where asked."""
     print(table)
     if args.json:
         write_json_atomic(args.json, result)
@@ -142,13 +146,7 @@ def _bench_sam(args: argparse.Namespace, cfg: Any) -> int:
         raise InvalidInputError(f"--amg-points must be >= 1; got {args.amg_points}")
     result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
               "results": [bench_sam(variant, cfg, args.amg_points) for variant in args.sam]}
-    table = markdown_sam(result)
-    print(table)
-    if args.json:
-        write_json_atomic(args.json, result)
-    if args.markdown:
-        write_text_atomic(args.markdown, table)
-    return 0
+    return _emit(args, result, markdown_sam(result))
 
 
 def _bench_precisions(args: argparse.Namespace, cfg: Any) -> int:
@@ -157,13 +155,7 @@ def _bench_precisions(args: argparse.Namespace, cfg: Any) -> int:
 
     result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
               "results": [bench_precision(name, cfg) for name in args.precisions]}
-    table = markdown_precision(result)
-    print(table)
-    if args.json:
-        write_json_atomic(args.json, result)
-    if args.markdown:
-        write_text_atomic(args.markdown, table)
-    return 0
+    return _emit(args, result, markdown_precision(result))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
+from segrt.runtime.engine import sha256_file  # noqa: F401  (re-exported: the export stage's checksum)
 from segrt.runtime.errors import ExportError
 
 log = logging.getLogger("segrt")
 _WRAPPERS = ("state_dict", "model_state_dict", "model")
 _PREFIXES = ("module.", "model.")
 _SHOWN = 8
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, Any]:
