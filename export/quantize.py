@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from segrt.runtime.engine import sha256_file
 from segrt.runtime.errors import ExportError, InvalidInputError
 from segrt.runtime.manifest import Manifest, read_manifest, write_manifest
 
@@ -122,12 +123,9 @@ def _float_outputs(model: Any) -> None:
 
 
 def _cache_key(src: Path, cfg: QuantizeConfig, images: list[str]) -> str:
-    h = hashlib.sha256()
-    with open(src, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    h.update(repr((cfg.calibrator, cfg.samples, images)).encode())
-    return h.hexdigest()[:16]
+    """The calibration cache's name: the model's bytes, the calibrator and the images it saw."""
+    key = f"{sha256_file(src)}{(cfg.calibrator, cfg.samples, images)!r}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 class _Reader:
@@ -215,7 +213,7 @@ def quantize_bundle(bundle: Path, out: Path, cfg: QuantizeConfig, *, force: bool
         write_manifest(tmp, variant)
         gate = accuracy_gate(bundle, tmp, cfg.eval_images, minimum)
         log.info("accuracy gate (%s vs fp32): %s", cfg.precision, {k: v for k, v in gate.items() if k != "per_image"})
-        record = {"precision": cfg.precision, "source_sha256": _cache_key(bundle / m.model_file, cfg, []),
+        record = {"precision": cfg.precision, "source_sha256": sha256_file(bundle / m.model_file),
                   "graphs": facts, "gate": gate}
         variant = Manifest.from_dict({**variant.to_dict(), "quantization": record})
         write_manifest(tmp, variant)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,15 +194,11 @@ def store_engine(bundle: Path, key: EngineKey, plan: bytes, facts: dict[str, Any
             old = root / f".{final.name}.old-{os.getpid()}"
             os.replace(final, old)
             os.replace(tmp, final)
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
     finally:
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     return final / PLAN
 
