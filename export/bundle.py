@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from segrt.runtime.errors import ExportError
-from segrt.runtime.manifest import default_mode
+from segrt.runtime.manifest import default_mode, replace_dir
 
 
 @contextmanager
@@ -28,13 +28,7 @@ def atomic_dir(out: Path, *, force: bool = False) -> Iterator[Path]:
         raise ExportError(f"cannot create output beside {str(out)!r}: {exc.strerror}") from None
     try:
         yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from .errors import (
     InvalidInputError,
     ModelFormatError,
 )
+from .manifest import replace_dir
 
 log = logging.getLogger("segrt")
 EnginePrecision = Literal["fp32", "fp16", "int8", "best"]
@@ -190,13 +190,7 @@ def store_engine(bundle: Path, key: EngineKey, plan: bytes, facts: dict[str, Any
         (tmp / PLAN).write_bytes(plan)
         (tmp / "key.json").write_text(json.dumps({**key.to_dict()}, indent=2) + "\n")
         (tmp / "build.json").write_text(json.dumps(facts or {}, indent=2) + "\n")
-        if final.exists():
-            old = root / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -54,8 +54,10 @@ def _agreement(a: Path, b: Path, images: Path) -> float:
 
 def test_int8_semantic_is_qdq_gated_and_reuses_its_calibration(unet_trained, tmp_path) -> None:
     calib, held = _split(unet_trained.val / "images", tmp_path)
+    fp32 = tmp_path / "fp32"  # a private copy: its calibration cache starts empty even when fixtures are reused
+    shutil.copytree(unet_trained.bundle, fp32, ignore=shutil.ignore_patterns("calibration"))
     cfg = QuantizeConfig("int8", calib=calib, samples=8, eval_images=held)
-    m = quantize_bundle(unet_trained.bundle, tmp_path / "int8", cfg)
+    m = quantize_bundle(fp32, tmp_path / "int8", cfg)
     q = m.quantization
     assert m.precision == "int8" and read_manifest(tmp_path / "int8").precision == "int8"
     assert q["gate"]["metric"] == "pixel_agreement" and q["gate"]["passed"] and q["gate"]["images"] == len(list(held.iterdir()))
@@ -63,11 +65,11 @@ def test_int8_semantic_is_qdq_gated_and_reuses_its_calibration(unet_trained, tmp
     ops = _ops(tmp_path / "int8" / "model.onnx")
     assert ops.get("QuantizeLinear", 0) > 10 and ops.get("DequantizeLinear", 0) > 10
     # the gate's number is what the runtime reproduces on the held-out images
-    assert _agreement(unet_trained.bundle, tmp_path / "int8", held) == pytest.approx(q["gate"]["score"], abs=1e-9)
+    assert _agreement(fp32, tmp_path / "int8", held) == pytest.approx(q["gate"]["score"], abs=1e-9)
     assert q["gate"]["score"] >= 0.98
     assert _zero_point_types(tmp_path / "int8") == {"uint8"}  # ONNX Runtime CPU's U8S8 kernels
     # the TensorRT form (symmetric int8 activations) from the same cached calibration ranges
-    trt = quantize_bundle(unet_trained.bundle, tmp_path / "int8-trt", replace(cfg, target="tensorrt"))
+    trt = quantize_bundle(fp32, tmp_path / "int8-trt", replace(cfg, target="tensorrt"))
     assert trt.quantization["graphs"]["model.onnx"]["calibration_reused"]
     assert _zero_point_types(tmp_path / "int8-trt") == {"int8"} and trt.quantization["gate"]["passed"]
 
