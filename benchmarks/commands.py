@@ -108,6 +108,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_sam(args, cfg)
     if args.precisions:
         return _bench_precisions(args, cfg)
+    if args.stream:
+        return _bench_stream(args, cfg)
     if not args.bundles and not args.quick:
         raise InvalidInputError("name bundles to benchmark, or pass --quick for the default set")
     bundles = list(args.bundles) or [ensure_bundle(*m) for m in QUICK_MODELS]
@@ -158,6 +160,24 @@ def _bench_precisions(args: argparse.Namespace, cfg: Any) -> int:
     return _emit(args, result, markdown_precision(result))
 
 
+def _bench_stream(args: argparse.Namespace, cfg: Any) -> int:
+    from .bench_stream import bench_stream, default_cases, markdown_stream, require_vtest
+    from .machine import describe
+
+    if args.quick:
+        raise InvalidInputError("--stream times the video pipeline alone; run --quick separately")
+    if args.stream_frames < 10:
+        raise InvalidInputError(f"--stream-frames must be >= 10; got {args.stream_frames}")
+    if args.bundles:
+        video = args.source or require_vtest()
+        cases = [(Path(b), video) for b in args.bundles]
+    else:
+        cases = default_cases(args.stream_frames)
+    result = {"schema": 1, "machine": describe(os.cpu_count() or 1), "config": {"frames": args.stream_frames},
+              "results": [bench_stream(b, v, args.stream_frames) for b, v in cases]}
+    return _emit(args, result, markdown_stream(result))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency per stage against PyTorch eager (needs segrt[export] for --quick)")
     p.add_argument("bundles", nargs="*", type=Path, help="bundles to time (default with --quick: U-Net, DeepLabV3+)")
@@ -175,6 +195,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="time SAM variants (seeded) against segment-anything: encoder, decoder, automatic masks")
     p.add_argument("--precisions", nargs="+", metavar="FIXTURE",
                    help="fp32 vs fp16 vs int8 of trained fixtures (e.g. unet deeplabv3plus): speed and agreement")
+    p.add_argument("--stream", action="store_true", help="pipelined video stream against a sequential loop "
+                   "(default: PP-OCR's detector on vtest.avi and on its 1080p upscale)")
+    p.add_argument("--source", type=Path, help="--stream: the video for the bundles named (default vtest.avi)")
+    p.add_argument("--stream-frames", type=int, default=200, help="--stream: frames per run")
     p.add_argument("--amg-points", type=int, default=32, help="--sam: automatic mask generation points per side")
     p.set_defaults(func=cmd_bench)
     register_eval(sub)

@@ -1,0 +1,169 @@
+"""``segrt bench --stream``: the pipelined stream against a plain sequential read-infer-write loop.
+
+Both sides do the same work per frame on the same video: decode, segment, draw the overlay with the
+FPS/latency caption, encode into an MJPG .avi. The sequential loop is what a user writes first
+(``load(bundle)`` with the backend's default threads, one frame at a time); the pipeline is
+``segrt.runtime.stream`` with its defaults. Runs alternate (sequential, pipelined, sequential, ...) so
+both see the same machine state; throughput is frames over wall time, first read to last write.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from segrt.runtime import load
+from segrt.runtime.errors import InvalidInputError
+from segrt.runtime.stream import Stream, VideoSink, annotate
+
+from .bench import cache_dir
+
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+PPOCR = Path(__file__).resolve().parents[1] / "tests" / "data" / "ppocr_v4_det.onnx"
+HD = (1920, 1080)
+
+
+def require_vtest() -> Path:
+    if not VTEST.is_file():
+        raise InvalidInputError(f"{VTEST} is missing: apt-get install opencv-doc (Debian's OpenCV samples), or pass --source")
+    return VTEST
+
+
+def hd_clip(frames: int) -> Path:
+    """vtest.avi upscaled to 1920x1080 (what an HD camera hands a model), cached."""
+    out = cache_dir() / f"vtest-1080p-{frames}.avi"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cap = cv2.VideoCapture(str(require_vtest()))
+    tmp = out.with_name(f".{out.stem}.tmp.avi")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), cap.get(cv2.CAP_PROP_FPS) or 10, HD)
+    for _ in range(frames):
+        ok, f = cap.read()
+        if not ok:
+            break
+        writer.write(cv2.resize(f, HD, interpolation=cv2.INTER_LINEAR))
+    writer.release()
+    cap.release()
+    tmp.replace(out)
+    return out
+
+
+def ocr_bundle(letterbox: tuple[int, int] | None = None) -> Path:
+    """PP-OCRv4's text detector (a real trained segmentation network, Apache-2.0) as a bundle: padded
+    to 32 at the frame's own size, or letterboxed into a fixed ``letterbox`` HxW (the HD setting)."""
+    from segrt.export.importer import ImportConfig, import_onnx
+
+    if not PPOCR.is_file():
+        raise InvalidInputError(f"{PPOCR} is missing (it ships in the repository's tests/data)")
+    name = "ppocr-det-pad" if letterbox is None else f"ppocr-det-letterbox-{letterbox[0]}x{letterbox[1]}"
+    out = cache_dir() / name
+    if not (out / "segrt.json").is_file():
+        cfg = ImportConfig(model=PPOCR, threshold=0.3, classes=("background", "text"), size=letterbox,
+                           resize="letterbox" if letterbox else None)
+        import_onnx(cfg, out, force=True)
+    return out
+
+
+def _writer(tmp: Path, video: Path) -> VideoSink:
+    cap = cv2.VideoCapture(str(video))
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
+    cap.release()
+    return VideoSink(tmp, fps, size)
+
+
+def sequential(bundle: Path, video: Path, frames: int, device: str, out: Path) -> dict[str, float]:
+    seg = load(bundle, device)
+    cap = cv2.VideoCapture(str(video))
+    ok, first = cap.read()
+    seg(cv2.cvtColor(first, cv2.COLOR_BGR2RGB))  # warm-up, outside the clock (the pipeline warms up too)
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+    sink = _writer(out, video)
+    n, t0 = 0, time.perf_counter()
+    while n < frames:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        t_cap = time.perf_counter()
+        frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        res = seg(frame)
+        res.timings["latency"] = (time.perf_counter() - t_cap) * 1e3
+        sink.write(annotate(frame, res, n / max(time.perf_counter() - t0, 1e-9)))
+        n += 1
+    seconds = time.perf_counter() - t0
+    sink.close(keep=False)
+    cap.release()
+    return {"frames": n, "seconds": seconds, "fps": n / seconds}
+
+
+def pipelined(bundle: Path, video: Path, frames: int, device: str, out: Path) -> dict[str, Any]:
+    s = Stream(bundle, video, device=device, max_frames=frames)
+    s.stages.infer(s.models[0], s.stages.pre(_first_frame(video))[0])  # same warm-up as the loop
+    for m in s.models[1:]:
+        s.stages.infer(m, s.stages.pre(_first_frame(video))[0])
+    sink = _writer(out, video)
+    n, t0 = 0, time.perf_counter()
+    for frame, res in s:
+        sink.write(annotate(frame, res, n / max(time.perf_counter() - t0, 1e-9)))
+        n += 1
+    seconds = time.perf_counter() - t0
+    sink.close(keep=False)
+    r = s.report
+    return {"frames": n, "seconds": seconds, "fps": n / seconds, "workers": r.workers,
+            "latency_p50_ms": r.latency_p50_ms, "latency_p99_ms": r.latency_p99_ms}
+
+
+def _first_frame(video: Path) -> np.ndarray:
+    cap = cv2.VideoCapture(str(video))
+    ok, f = cap.read()
+    cap.release()
+    return cv2.cvtColor(f, cv2.COLOR_BGR2RGB)
+
+
+def bench_stream(bundle: Path, video: Path, frames: int, device: str = "cpu", repeats: int = 2) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"sequential": [], "pipelined": []}
+    with tempfile.TemporaryDirectory(prefix="segrt-stream-") as tmp:
+        for i in range(repeats):
+            runs["sequential"].append(sequential(bundle, video, frames, device, Path(tmp) / f"seq{i}.avi"))
+            runs["pipelined"].append(pipelined(bundle, video, frames, device, Path(tmp) / f"pipe{i}.avi"))
+    fps = {k: float(np.median([r["fps"] for r in v])) for k, v in runs.items()}
+    cap = cv2.VideoCapture(str(video))
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    cap.release()
+    seg = load(bundle, "cpu")
+    inp = seg.manifest.input
+    return {"bundle": bundle.name, "video": video.name, "frame_size": list(size), "frames": frames,
+            "model_input": f"{inp.resize} {inp.size[0]}x{inp.size[1]}" if inp.size else f"{inp.resize} /{inp.stride}",
+            "runs": runs, "sequential_fps": fps["sequential"], "pipelined_fps": fps["pipelined"],
+            "speedup": fps["pipelined"] / fps["sequential"], "workers": runs["pipelined"][0]["workers"]}
+
+
+def default_cases(frames: int) -> list[tuple[Path, Path]]:
+    """The SD video at the model's own (padded) size, and the HD version letterboxed to 544x960."""
+    return [(ocr_bundle(), require_vtest()), (ocr_bundle((544, 960)), hd_clip(frames))]
+
+
+GOAL = 1.3
+
+
+def markdown_stream(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), onnxruntime {m['onnxruntime']}, "
+             f"segrt {m['segrt']} ({m['commit']}). Both sides decode, segment, draw and encode every frame; "
+             "FPS is the median of the alternating runs.", "",
+             "| bundle | video | frame | model input | frames | sequential FPS | pipelined FPS (workers) | speedup | "
+             "pipeline latency p50 / p99 (ms) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["results"]:
+        p = r["runs"]["pipelined"][-1]
+        lines.append(f"| {r['bundle']} | {r['video']} | {r['frame_size'][0]}x{r['frame_size'][1]} | {r['model_input']} | "
+                     f"{r['frames']} | {r['sequential_fps']:.1f} | {r['pipelined_fps']:.1f} ({r['workers']}) | "
+                     f"{r['speedup']:.2f}x ({'met' if r['speedup'] >= GOAL else 'NOT met'}) | "
+                     f"{p['latency_p50_ms']:.0f} / {p['latency_p99_ms']:.0f} |")
+    lines += ["", f"Goal: pipelined throughput at least {GOAL}x the sequential loop's. File mode: every frame is "
+              "processed, so pipeline latency includes time queued behind earlier frames."]
+    return "\n".join(lines) + "\n"
