@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: bench test
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml cpp_ext/native.cpp
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[export,dev]"
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 bench: $(STAMP)
 	$(BIN)/segrt bench --quick --json benchmarks/results/latest.json --markdown benchmarks/results/latest.md
 
-# The test suite (what CI runs).
+# The test suite (what CI runs): all of it with the C++ pre/post kernels, then its fast part again with
+# their NumPy twin (SEGRT_PREPOST=reference). The quick fixtures trained by the first pass are reused.
+TEST_CACHE ?= $(CURDIR)/.cache/test-fixtures
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	SEGRT_TEST_CACHE=$(TEST_CACHE) $(BIN)/python -m pytest -q
+	SEGRT_TEST_CACHE=$(TEST_CACHE) SEGRT_PREPOST=reference $(BIN)/python -m pytest -q -m "not slow"

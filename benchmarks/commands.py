@@ -110,6 +110,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_precisions(args, cfg)
     if args.stream:
         return _bench_stream(args, cfg)
+    if args.prepost:
+        return _bench_prepost(args, cfg)
     if not args.bundles and not args.quick:
         raise InvalidInputError("name bundles to benchmark, or pass --quick for the default set")
     bundles = list(args.bundles) or [ensure_bundle(*m) for m in QUICK_MODELS]
@@ -160,6 +162,29 @@ def _bench_precisions(args: argparse.Namespace, cfg: Any) -> int:
     return _emit(args, result, markdown_precision(result))
 
 
+def _bench_prepost(args: argparse.Namespace, cfg: Any) -> int:
+    import skimage.data
+
+    from segrt.runtime import kernels
+
+    from .bench import QUICK_MODELS, ensure_bundle
+    from .bench_prepost import bench_end_to_end, bench_kernels, markdown_prepost
+    from .bench_stream import ocr_bundle
+    from .machine import describe
+
+    if kernels.active() != "native":
+        kernels.use("native")  # a clear error when the extension is not built
+    photo = skimage.data.astronaut()
+    e2e = [bench_end_to_end(ensure_bundle(*QUICK_MODELS[0]), photo, (512, 512), max(5, cfg.iters // 2)),
+           bench_end_to_end(ocr_bundle((544, 960)), photo, (1080, 1920), cfg.iters)]
+    import os as _os
+
+    result = {"schema": 1, "machine": describe(cfg.threads), "native_threads": int(_os.environ.get(
+              "SEGRT_NATIVE_THREADS", 0)) or min(_os.cpu_count() or 1, 16), "kernels": bench_kernels(cfg.iters),
+              "end_to_end": e2e}
+    return _emit(args, result, markdown_prepost(result))
+
+
 def _bench_stream(args: argparse.Namespace, cfg: Any) -> int:
     from .bench_stream import bench_stream, default_cases, markdown_stream, require_vtest
     from .machine import describe
@@ -195,6 +220,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="time SAM variants (seeded) against segment-anything: encoder, decoder, automatic masks")
     p.add_argument("--precisions", nargs="+", metavar="FIXTURE",
                    help="fp32 vs fp16 vs int8 of trained fixtures (e.g. unet deeplabv3plus): speed and agreement")
+    p.add_argument("--prepost", action="store_true", help="native pre/post kernels against their NumPy twin "
+                   "(and segrt 0.1's OpenCV code) at 1080p, and end-to-end semantic latency with each")
     p.add_argument("--stream", action="store_true", help="pipelined video stream against a sequential loop "
                    "(default: PP-OCR's detector on vtest.avi and on its 1080p upscale)")
     p.add_argument("--source", type=Path, help="--stream: the video for the bundles named (default vtest.avi)")

@@ -75,7 +75,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype)} for s in r.input_specs()],
         "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype)} for s in r.output_specs()],
     } for name, r in runners.items()}
-    print(json.dumps({"manifest": manifest.to_dict(), **io, "providers": available_providers()}, indent=2))
+    from . import kernels
+
+    print(json.dumps({"manifest": manifest.to_dict(), **io, "providers": available_providers(),
+                      "prepost": kernels.active()}, indent=2))
     return 0
 
 

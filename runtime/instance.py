@@ -57,11 +57,8 @@ class InstanceResult:
         if rgb.shape[:2] != self.masks.shape[1:]:
             raise InvalidInputError(f"overlay image is {rgb.shape[1]}x{rgb.shape[0]}; the result is for "
                                     f"{self.masks.shape[2]}x{self.masks.shape[1]}")
-        out = rgb.copy()
+        out = prepost.overlay_masks(rgb, self.masks, alpha)
         colours = prepost.palette(len(self) + 1)[1:]
-        for i in range(len(self)):
-            tint = (out[self.masks[i]] * (1 - alpha) + colours[i] * alpha).astype(np.uint8)
-            out[self.masks[i]] = tint
         for i, (box, label, score) in enumerate(zip(self.boxes, self.labels, self.scores)):
             x0, y0, x1, y1 = (int(round(v)) for v in box)
             colour = tuple(int(c) for c in colours[i])

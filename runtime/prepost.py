@@ -1,7 +1,7 @@
-"""Pre- and post-processing, NumPy/OpenCV reference implementation.
+"""Pre- and post-processing: where an image sits in the model's input, and the way back.
 
-Each function here is the reference twin of a kernel the C++ extension (``cpp_ext/``) may provide
-with the same signature; the runtime calls them through this module's names.
+The pixel loops run in :mod:`segrt.runtime.kernels` (the C++ extension from ``cpp_ext/``, or its
+NumPy twin); this module plans frames and turns them into resampling taps.
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from . import kernels
 from .errors import InvalidInputError
+from .kernels import Taps, chain
 from .manifest import InputSpec, OutputSpec
-
-_CV_MAX_CHANNELS = 512
 
 
 @dataclass(frozen=True)
@@ -70,25 +69,21 @@ def _affine(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]
 
 
 def normalize_into(image: np.ndarray, frame: Frame, spec: InputSpec, out: np.ndarray) -> None:
-    """Resize ``image`` (HxWxC, model channel order) into ``out`` (C, H, W) float32 at ``frame.content``.
+    """Resize ``image`` (HxWxC, model channel order) into ``out`` (C, H, W) at ``frame.content`` and
+    normalise it, in one pass (bilinear, half-pixel centres, interpolated in float: no 8-bit rounding
+    between resize and normalisation, as torchvision resizes the float image).
 
     ``out`` must be zero (or hold padding) outside the content box.
     """
     top, left, h, w = frame.content
     a, b = _affine(image, spec)  # from the original pixels: intensity is a property of the image, not its resize
-    if (h, w) != image.shape[:2]:
-        if spec.resize == "shortest_edge":  # torchvision resizes the float image: match it, not 8-bit rounding
-            image = image.astype(np.float32)
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-        if image.ndim == 2:
-            image = image[:, :, None]
-    region = out[:, top : top + h, left : left + w]
-    np.multiply(image.transpose(2, 0, 1), a[:, None, None], out=region, casting="unsafe")
-    region += b[:, None, None]
+    if image.ndim == 2:
+        image = image[:, :, None]
+    kernels.resize_normalize(image, Taps.linear(image.shape[0], h), Taps.linear(image.shape[1], w), a, b, out, top, left)
 
 
-def preprocess(images: list[np.ndarray], spec: InputSpec) -> tuple[np.ndarray, list[Frame]]:
-    """Images (HxWxC, model channel order) to one NCHW float32 tensor (NHWC if the spec says so).
+def preprocess(images: list[np.ndarray], spec: InputSpec, dtype: type = np.float32) -> tuple[np.ndarray, list[Frame]]:
+    """Images (HxWxC, model channel order) to one NCHW float32 (or float16) tensor (NHWC if the spec says so).
 
     All images must plan to the same input size (see :func:`plan_frame`): padding a smaller image
     further would change the model's answer near its border.
@@ -98,7 +93,9 @@ def preprocess(images: list[np.ndarray], spec: InputSpec) -> tuple[np.ndarray, l
     if len(sizes) != 1:
         raise InvalidInputError(f"images of one batch must share an input size; got {sorted(sizes)}")
     H, W = frames[0].input_hw
-    batch = np.zeros((len(images), spec.channels, H, W), np.float32)
+    if dtype not in (np.float32, np.float16):
+        raise InvalidInputError(f"preprocess makes float32 or float16 tensors; got {dtype}")
+    batch = np.zeros((len(images), spec.channels, H, W), dtype)
     for i, (im, fr) in enumerate(zip(images, frames)):
         normalize_into(im, fr, spec, batch[i])
     if spec.layout == "nhwc":
@@ -106,26 +103,17 @@ def preprocess(images: list[np.ndarray], spec: InputSpec) -> tuple[np.ndarray, l
     return batch, frames
 
 
-def _resize_chw(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a (C, h, w) float array to (C, H, W), half-pixel centres (align_corners=False)."""
-    out = np.empty((scores.shape[0], *hw), np.float32)
-    for c0 in range(0, scores.shape[0], _CV_MAX_CHANNELS):
-        chunk = np.ascontiguousarray(scores[c0 : c0 + _CV_MAX_CHANNELS].transpose(1, 2, 0))
-        res = cv2.resize(chunk, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
-        out[c0 : c0 + _CV_MAX_CHANNELS] = res.reshape(*hw, -1).transpose(2, 0, 1)
-    return out
+def original_taps(scores_hw: tuple[int, int], frame: Frame) -> tuple[Taps, Taps]:
+    """Row and column taps from a (h, w) model output to the original image: bilinear to the input
+    grid, crop the content box, bilinear to the original size, composed into one step per axis."""
+    top, left, h, w = frame.content
+    (sh, sw), (ih, iw), (oh, ow) = scores_hw, frame.input_hw, frame.orig_hw
+    return chain(sh, ih, top, h, oh), chain(sw, iw, left, w, ow)
 
 
 def scores_to_original(scores: np.ndarray, frame: Frame) -> np.ndarray:
-    """Map (C, h, w) model-output scores back onto the original image grid: (C, H0, W0)."""
-    scores = scores.astype(np.float32, copy=False)
-    if scores.shape[1:] != frame.input_hw:
-        scores = _resize_chw(scores, frame.input_hw)
-    top, left, h, w = frame.content
-    scores = scores[:, top : top + h, left : left + w]
-    if (h, w) != frame.orig_hw:
-        scores = _resize_chw(scores, frame.orig_hw)
-    return scores
+    """Map (C, h, w) model-output scores back onto the original image grid: (C, H0, W0) float32."""
+    return kernels.upsample(scores, *original_taps(scores.shape[1:], frame))
 
 
 def label_dtype(num_classes: int) -> type[np.unsignedinteger]:
@@ -133,16 +121,20 @@ def label_dtype(num_classes: int) -> type[np.unsignedinteger]:
 
 
 def labels_from_scores(scores: np.ndarray, frame: Frame, spec: OutputSpec, num_classes: int) -> np.ndarray:
-    """(C, h, w) scores of one image to an (H0, W0) label map at the original resolution."""
+    """(C, h, w) scores of one image to an (H0, W0) label map at the original resolution, upsampled and
+    reduced in one pass (the full-resolution scores never exist)."""
     if scores.ndim != 3:
         raise InvalidInputError(f"expected (C, H, W) scores; got shape {scores.shape}")
-    full = scores_to_original(scores, frame)
-    if full.shape[0] == 1:
-        prob = full[0]
-        if spec.activation == "sigmoid":
-            prob = 1.0 / (1.0 + np.exp(-prob))
-        return (prob > spec.threshold).astype(np.uint8)
-    return full.argmax(axis=0).astype(label_dtype(num_classes))
+    rows, cols = original_taps(scores.shape[1:], frame)
+    if scores.shape[0] == 1:
+        threshold = spec.threshold
+        if spec.activation == "sigmoid":  # sigmoid(v) > t  <=>  v > logit(t): compare the raw scores
+            with np.errstate(divide="ignore"):
+                threshold = float(np.log(threshold) - np.log1p(-threshold))
+        masks, _ = kernels.upsample_threshold(scores, rows, cols, threshold)
+        return masks[0].view(np.uint8)
+    labels, _ = kernels.upsample_argmax(scores, rows, cols)
+    return labels if labels.dtype == label_dtype(num_classes) else labels.astype(label_dtype(num_classes))
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -159,9 +151,19 @@ def overlay_labels(image_rgb: np.ndarray, label_map: np.ndarray, num_classes: in
     """Blend a colour per class over an 8-bit RGB image; class 0 (background) is left unpainted."""
     if image_rgb.shape[:2] != label_map.shape:
         raise InvalidInputError(f"overlay image {image_rgb.shape[:2]} and label map {label_map.shape} differ in size")
-    colours = palette(max(num_classes, int(label_map.max()) + 1))[label_map]
-    blended = cv2.addWeighted(image_rgb, 1.0 - alpha, colours, alpha, 0.0)
-    return np.where((label_map > 0)[:, :, None], blended, image_rgb)
+    top = int(label_map.max()) + 1 if label_map.size else 1
+    return kernels.overlay_labels(image_rgb, label_map, palette(max(num_classes, top)), alpha)
+
+
+def overlay_masks(image_rgb: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Tint (N, H, W) masks over an 8-bit RGB image, instance i in colour i + 1 of :func:`palette`; where
+    masks overlap the later one shows."""
+    if masks.shape[1:] != image_rgb.shape[:2]:
+        raise InvalidInputError(f"overlay image {image_rgb.shape[:2]} and masks {masks.shape[1:]} differ in size")
+    ids = np.zeros(image_rgb.shape[:2], np.uint8 if len(masks) < 256 else np.uint16)
+    for i, m in enumerate(masks):
+        ids[m] = i + 1
+    return kernels.overlay_labels(image_rgb, ids, palette(len(masks) + 1), alpha)
 
 
 def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
@@ -180,28 +182,17 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int],
     if len(masks) == 0:
         return out
     m = masks.shape[-1]
-    padded = np.pad(masks.astype(np.float32, copy=False), ((0, 0), (1, 1), (1, 1)))
     scale = (m + 2) / m
     half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
     centre = (boxes[:, 2:] + boxes[:, :2]) * 0.5
     grown = np.concatenate([centre - half, centre + half], axis=1).astype(np.int64)  # truncates, like torch
-    for i, (x0, y0, x1, y1) in enumerate(grown.tolist()):
-        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-        xa, xb, ya, yb = max(x0, 0), min(x1 + 1, W), max(y0, 0), min(y1 + 1, H)
-        if xb <= xa or yb <= ya:
-            continue
-        resized = cv2.resize(padded[i], (w, h), interpolation=cv2.INTER_LINEAR)
-        out[i, ya:yb, xa:xb] = resized[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
-    return out
+    grown = np.clip(grown, -(2**30), 2**30)  # int32 for the kernel; far outside any image either way
+    return kernels.paste_masks(masks, grown, image_hw, threshold)
 
 
 def rle_encode(masks: np.ndarray) -> list[dict[str, object]]:
     """COCO compressed RLE of (N, H, W) boolean masks, counts as ASCII text (JSON-ready)."""
-    from pycocotools import mask as mask_utils
-
     if len(masks) == 0:
         return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+    size = [int(masks.shape[1]), int(masks.shape[2])]
+    return [{"size": size, "counts": counts} for counts in kernels.rle_strings(masks)]

@@ -17,12 +17,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from . import kernels
 from .backends import RunnerOptions, select_runner
 from .errors import InvalidInputError, ModelFormatError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, read_image, to_channels
+from .kernels import Taps, chain
 from .manifest import Manifest, SamSpec, read_manifest
 
 log = logging.getLogger("segrt")
@@ -30,8 +31,6 @@ log = logging.getLogger("segrt")
 DEFAULT_CACHE_BYTES = 256 * 2**20
 POINT_LABELS = (0, 1, 2, 3)  # background, foreground, box top-left, box bottom-right
 PAD_LABEL = -1
-#: OpenCV resizes at most this many channels in one call (CV_CN_MAX is 128 in OpenCV 5, 512 in 4).
-CV_MAX_CHANNELS = 128
 
 
 def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
@@ -58,20 +57,18 @@ def resize_longest(image: np.ndarray, long_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
 
+def upscale_taps(low_res_hw: tuple[int, int], input_hw: tuple[int, int], original_hw: tuple[int, int],
+                 image_size: int) -> tuple[Taps, Taps]:
+    """segment-anything's ``postprocess_masks`` as one resampling step per axis: bilinear (half-pixel)
+    to the padded input square, crop the padding, bilinear to the original size."""
+    (sh, sw), (ih, iw), (oh, ow) = low_res_hw, input_hw, original_hw
+    return chain(sh, image_size, 0, ih, oh), chain(sw, image_size, 0, iw, ow)
+
+
 def upscale_logits(low_res: np.ndarray, input_hw: tuple[int, int], original_hw: tuple[int, int],
                    image_size: int) -> np.ndarray:
-    """segment-anything's ``postprocess_masks`` for (K, S, S) logits: bilinear (half-pixel) to the
-    padded input square, crop the padding, bilinear to the original size. Returns (K, H, W) float32."""
-    k = low_res.shape[0]
-    out = np.empty((k, *original_hw), np.float32)
-    (ih, iw), (oh, ow) = input_hw, original_hw
-    for start in range(0, k, CV_MAX_CHANNELS):
-        chunk = np.ascontiguousarray(low_res[start : start + CV_MAX_CHANNELS].transpose(1, 2, 0))
-        big = cv2.resize(chunk, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
-        big = big.reshape(image_size, image_size, -1)[:ih, :iw]
-        small = cv2.resize(np.ascontiguousarray(big), (ow, oh), interpolation=cv2.INTER_LINEAR)
-        out[start : start + chunk.shape[2]] = small.reshape(oh, ow, -1).transpose(2, 0, 1)
-    return out
+    """(K, S, S) low-resolution logits to (K, H, W) float32 logits at the original size."""
+    return kernels.upsample(low_res, *upscale_taps(low_res.shape[1:], input_hw, original_hw, image_size))
 
 
 @dataclass(frozen=True)
@@ -305,10 +302,13 @@ class SamPredictor:
         pick = slice(1, None) if multimask_output else slice(0, 1)
         low_res, iou = low_res[:, pick], iou[:, pick]
         b, c = low_res.shape[:2]
-        masks = upscale_logits(low_res.reshape(b * c, *low_res.shape[2:]), emb.input_size, emb.original_size,
-                               self.image_size).reshape(b, c, *emb.original_size)
-        if not return_logits:
-            masks = masks > self.spec.mask_threshold
+        flat = low_res.reshape(b * c, *low_res.shape[2:])
+        taps = upscale_taps(flat.shape[1:], emb.input_size, emb.original_size, self.image_size)
+        if return_logits:
+            masks = kernels.upsample(flat, *taps)
+        else:  # thresholded in the same pass: no full-size float logits
+            masks, _ = kernels.upsample_threshold(flat, *taps, self.spec.mask_threshold)
+        masks = masks.reshape(b, c, *emb.original_size)
         self.timings.update(decoder=t1 - t0, postprocess=time.perf_counter() - t1)
         return masks, iou, low_res
 

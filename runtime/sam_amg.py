@@ -18,9 +18,11 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from . import kernels
 from .errors import InvalidInputError
 from .image import ImageLike, read_image
-from .sam import SamPredictor, to_uint8_rgb, upscale_logits
+from .kernels import Taps
+from .sam import SamPredictor, to_uint8_rgb, upscale_taps
 
 OutputMode = Literal["binary_mask", "coco_rle"]
 #: Candidate masks upscaled to full resolution at once (bounds memory on large images).
@@ -207,15 +209,12 @@ class SamAutomaticMaskGenerator:
 
     def _masks(self, low_res: np.ndarray) -> np.ndarray:
         """(K, 256, 256) logits -> (K, h, w) bool masks at the current crop's size."""
-        emb = self.predictor._require()
-        out = np.empty((len(low_res), *emb.original_size), bool)
-        for s in range(0, len(low_res), UPSCALE_CHUNK):
-            out[s : s + UPSCALE_CHUNK] = self._upscale(low_res[s : s + UPSCALE_CHUNK]) > self.predictor.spec.mask_threshold
-        return out
+        masks, _ = kernels.upsample_threshold(low_res, *self._taps(low_res), self.predictor.spec.mask_threshold)
+        return masks
 
-    def _upscale(self, low_res: np.ndarray) -> np.ndarray:
+    def _taps(self, low_res: np.ndarray) -> tuple[Taps, Taps]:
         emb = self.predictor._require()
-        return upscale_logits(low_res, emb.input_size, emb.original_size, self.predictor.image_size)
+        return upscale_taps(low_res.shape[1:], emb.input_size, emb.original_size, self.predictor.image_size)
 
     def _process_batch(self, points: np.ndarray, crop_box: list[int], orig: tuple[int, int], cands: Candidates) -> None:
         p = self.predictor
@@ -231,13 +230,11 @@ class SamAutomaticMaskGenerator:
         thr, off = p.spec.mask_threshold, self.stability_score_offset
         for s in range(0, len(keep), UPSCALE_CHUNK):
             idx = keep[s : s + UPSCALE_CHUNK]
-            logits = self._upscale(low_res[idx])
-            inter = (logits > thr + off).sum(axis=(1, 2))
-            union = (logits > thr - off).sum(axis=(1, 2))
+            masks, counts = kernels.upsample_threshold(low_res[idx], *self._taps(low_res), thr, off, counts=True)
             with np.errstate(divide="ignore", invalid="ignore"):
-                stability = (inter / union).astype(np.float32)
+                stability = (counts[:, 0] / counts[:, 1]).astype(np.float32)
             ok = stability >= self.stability_score_thresh if self.stability_score_thresh > 0 else np.ones(len(idx), bool)
-            boxes = masks_to_boxes(logits[ok] > thr)
+            boxes = masks_to_boxes(masks[ok])
             inside = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig[1], orig[0]])
             sel = idx[ok][inside]
             cands.add(low_res=low_res[sel], iou=iou[sel], stability=stability[ok][inside], boxes=boxes[inside],

@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from . import prepost
 from .backends import DEVICES
 from .errors import InvalidInputError
 from .image import read_image, to_display_rgb, write_image_atomic
 from .manifest import write_json_atomic
-from .prepost import palette, rle_encode
+from .prepost import rle_encode
 from .sam import SamPredictor
 from .sam_amg import SamAutomaticMaskGenerator, masks_to_boxes
 
@@ -38,12 +39,12 @@ def box_arg(text: str) -> tuple[float, ...]:
 
 
 def overlay_masks(image: np.ndarray, masks: list[np.ndarray], alpha: float = 0.5) -> np.ndarray:
-    """8-bit RGB with each mask tinted in its own colour (largest first, so small ones stay visible)."""
-    out = to_display_rgb(image).copy()
-    colours = palette(len(masks) + 1)[1:]
-    for i in sorted(range(len(masks)), key=lambda k: -int(masks[k].sum())):
-        out[masks[i]] = (out[masks[i]] * (1 - alpha) + colours[i] * alpha).astype(np.uint8)
-    return out
+    """8-bit RGB with each mask tinted in its own colour (largest drawn first, so small ones stay visible)."""
+    rgb = to_display_rgb(image)
+    if not masks:
+        return rgb.copy()
+    order = sorted(range(len(masks)), key=lambda k: -int(masks[k].sum()))
+    return prepost.overlay_masks(rgb, np.stack([masks[i] for i in order]), alpha)
 
 
 def _prompt_records(pred: SamPredictor, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[np.ndarray]]:

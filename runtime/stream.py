@@ -153,10 +153,7 @@ class PromptResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def overlay(self, image: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-        out = to_display_rgb(read_image(image)).copy()
-        colours = prepost.palette(len(self.masks) + 2)[2:]
-        for mask, colour in zip(self.masks, colours):
-            out[mask] = (out[mask] * (1 - alpha) + colour * alpha).astype(np.uint8)
+        out = prepost.overlay_masks(to_display_rgb(read_image(image)), self.masks, alpha)
         if self.points is not None:
             for x, y in np.asarray(self.points).reshape(-1, 2):
                 cv2.circle(out, (int(round(x)), int(round(y))), 5, (255, 255, 0), -1)

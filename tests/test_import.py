@@ -61,7 +61,8 @@ def test_fixed_size_model_is_stretched_and_mapped_back(tmp_path, photos) -> None
     import_onnx(ImportConfig(model=tmp_path / "f.onnx"), tmp_path / "b")
     image = photos["coffee"]
     res = load(tmp_path / "b", device="cpu")(image)
-    resized = cv2.resize(image, (96, 64), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    # segrt interpolates the float image (no 8-bit rounding between resize and normalisation)
+    resized = cv2.resize(image.astype(np.float32), (96, 64), interpolation=cv2.INTER_LINEAR) / 255.0
     x = ((resized - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].astype(np.float32)
     scores = ort.InferenceSession(str(tmp_path / "f.onnx")).run(None, {"image": x})[0][0]
     up = cv2.resize(scores.transpose(1, 2, 0), (600, 400), interpolation=cv2.INTER_LINEAR)

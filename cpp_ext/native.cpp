@@ -1,0 +1,605 @@
+// segrt.runtime._native: the C++ twin of segrt/runtime/_reference.py.
+//
+// Every function here has the same name, arguments and results as its NumPy twin, and computes the
+// same float32 operations in the same order (built with -ffp-contract=off, no fast-math), so integer
+// outputs (label maps, masks, counts, RLE strings, overlays) are bit-identical between the two.
+// Arguments are validated in Python (segrt.runtime.kernels) before either twin is called; the checks
+// here only guard memory safety. Arrays arrive through the buffer protocol, C-contiguous.
+// The GIL is released while a kernel runs; large kernels split their rows across threads.
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// -- buffers ---------------------------------------------------------------------------------------
+struct Buf {
+    Py_buffer view{};
+    bool held = false;
+    ~Buf() {
+        if (held) PyBuffer_Release(&view);
+    }
+    bool get(PyObject* obj, bool writable, const char* name) {
+        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(obj, &view, flags) != 0) {
+            PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous%s array", name, writable ? " writable" : "");
+            return false;
+        }
+        held = true;
+        return true;
+    }
+    char kind() const {  // 'u' unsigned, 'i' signed, 'f' float, 'b' bool
+        const char* f = view.format ? view.format : "B";
+        while (*f == '<' || *f == '=' || *f == '@' || *f == '>' || *f == '!') ++f;
+        switch (*f) {
+            case '?': return 'b';
+            case 'B': case 'H': case 'I': case 'L': case 'Q': return 'u';
+            case 'b': case 'h': case 'i': case 'l': case 'q': return 'i';
+            case 'e': case 'f': case 'd': return 'f';
+            default: return '?';
+        }
+    }
+    bool is(char k, Py_ssize_t size) const { return kind() == k && view.itemsize == size; }
+    Py_ssize_t dim(int i) const { return view.shape[i]; }
+    template <class T> T* ptr() const { return static_cast<T*>(view.buf); }
+};
+
+bool check(bool ok, const char* message) {
+    if (!ok) PyErr_SetString(PyExc_ValueError, message);
+    return ok;
+}
+
+// -- threads ---------------------------------------------------------------------------------------
+int thread_count() {
+    static int n = [] {
+        const char* env = std::getenv("SEGRT_NATIVE_THREADS");
+        int v = env ? std::atoi(env) : 0;
+        if (v <= 0) v = static_cast<int>(std::thread::hardware_concurrency());
+        return std::max(1, std::min(v, 16));
+    }();
+    return n;
+}
+
+// Runs fn(begin, end) over [0, n) in contiguous chunks; threads only when work (a cost estimate in
+// element operations) pays for starting them.
+template <class F>
+void parallel_for(Py_ssize_t n, double work, F fn) {
+    int threads = thread_count();
+    if (work < 4e5 || n < 2) threads = 1;
+    threads = static_cast<int>(std::min<Py_ssize_t>(threads, n));
+    if (threads <= 1) {
+        fn(Py_ssize_t(0), n);
+        return;
+    }
+    std::vector<std::thread> pool;
+    Py_ssize_t step = (n + threads - 1) / threads;
+    for (int t = 0; t < threads; ++t) {
+        Py_ssize_t b = t * step, e = std::min(n, b + step);
+        if (b >= e) break;
+        pool.emplace_back([=] { fn(b, e); });
+    }
+    for (auto& th : pool) th.join();
+}
+
+// -- taps: out[i] = sum_k in[idx[i, k]] * w[i, k] ----------------------------------------------------
+struct Taps {
+    const int32_t* idx;
+    const float* w;
+    Py_ssize_t n, k;
+};
+
+bool get_taps(PyObject* idx_obj, PyObject* w_obj, Buf& idx, Buf& w, Taps& t, Py_ssize_t limit, const char* name) {
+    if (!idx.get(idx_obj, false, name) || !w.get(w_obj, false, name)) return false;
+    if (!check(idx.is('i', 4) && w.is('f', 4) && idx.view.ndim == 2 && w.view.ndim == 2 &&
+                   idx.dim(0) == w.dim(0) && idx.dim(1) == w.dim(1) && idx.dim(1) >= 1,
+               "taps must be (n, K) int32 indices and (n, K) float32 weights"))
+        return false;
+    t = {idx.ptr<int32_t>(), w.ptr<float>(), idx.dim(0), idx.dim(1)};
+    for (Py_ssize_t i = 0; i < t.n * t.k; ++i)
+        if (t.idx[i] < 0 || t.idx[i] >= limit) return check(false, "tap index out of range");
+    return true;
+}
+
+template <class T>
+inline float as_float(T v) { return static_cast<float>(v); }
+
+// Horizontal pass of one source row into dst[x * C + c] (pixel-major, channels contiguous).
+// src is addressed as src[(x) * xs + c * cs] for the row.
+template <class T>
+void hrow(const T* src, Py_ssize_t xs, Py_ssize_t cs, Py_ssize_t C, const Taps& tx, float* dst) {
+    for (Py_ssize_t x = 0; x < tx.n; ++x) {
+        const int32_t* ix = tx.idx + x * tx.k;
+        const float* wx = tx.w + x * tx.k;
+        float* d = dst + x * C;
+        for (Py_ssize_t c = 0; c < C; ++c) {
+            float acc = as_float(src[ix[0] * xs + c * cs]) * wx[0];
+            for (Py_ssize_t k = 1; k < tx.k; ++k) acc += as_float(src[ix[k] * xs + c * cs]) * wx[k];
+            d[c] = acc;
+        }
+    }
+}
+
+// For output rows [y0, y1): the source rows they need, horizontally interpolated, pixel-major.
+struct RowCache {
+    Py_ssize_t lo = 0, hi = -1;
+    std::vector<float> data;  // (hi - lo + 1) x W x C
+};
+
+template <class T, class RowPtr>
+void fill_rows(RowCache& rc, const Taps& ty, Py_ssize_t y0, Py_ssize_t y1, Py_ssize_t C, const Taps& tx,
+               Py_ssize_t xs, Py_ssize_t cs, RowPtr row_ptr) {
+    Py_ssize_t lo = PY_SSIZE_T_MAX, hi = -1;
+    for (Py_ssize_t y = y0; y < y1; ++y)
+        for (Py_ssize_t k = 0; k < ty.k; ++k) {
+            lo = std::min<Py_ssize_t>(lo, ty.idx[y * ty.k + k]);
+            hi = std::max<Py_ssize_t>(hi, ty.idx[y * ty.k + k]);
+        }
+    rc.lo = lo;
+    rc.hi = hi;
+    rc.data.assign(static_cast<size_t>((hi - lo + 1) * tx.n * C), 0.0f);
+    for (Py_ssize_t r = lo; r <= hi; ++r) hrow<T>(row_ptr(r), xs, cs, C, tx, rc.data.data() + (r - lo) * tx.n * C);
+}
+
+// v[c] for output pixel x of output row y (vertical pass), into out[0..C).
+inline void vpix(const RowCache& rc, const Taps& ty, Py_ssize_t y, Py_ssize_t x, Py_ssize_t C, Py_ssize_t W,
+                 float* out) {
+    const int32_t* iy = ty.idx + y * ty.k;
+    const float* wy = ty.w + y * ty.k;
+    const float* r0 = rc.data.data() + ((iy[0] - rc.lo) * W + x) * C;
+    for (Py_ssize_t c = 0; c < C; ++c) out[c] = r0[c] * wy[0];
+    for (Py_ssize_t k = 1; k < ty.k; ++k) {
+        const float* r = rc.data.data() + ((iy[k] - rc.lo) * W + x) * C;
+        for (Py_ssize_t c = 0; c < C; ++c) out[c] += r[c] * wy[k];
+    }
+}
+
+constexpr Py_ssize_t ROW_BLOCK = 32;
+
+// -- resize_normalize --------------------------------------------------------------------------------
+// Rows first (contiguous source rows combined into one float row, vectorisable), then columns; both
+// twins use this order. The usual camera case, a downscale, touches each source row at most twice.
+template <class T, class O>
+void resize_normalize_impl(const T* src, Py_ssize_t Ws, Py_ssize_t C, const Taps& ty, const Taps& tx, const float* a,
+                           const float* b, O* out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t top, Py_ssize_t left) {
+    const Py_ssize_t row_len = Ws * C;
+    parallel_for(ty.n, double(ty.n) * (row_len * ty.k + tx.n * C * tx.k), [&](Py_ssize_t y0, Py_ssize_t y1) {
+        std::vector<float> tmp(row_len);
+        for (Py_ssize_t y = y0; y < y1; ++y) {
+            const int32_t* iy = ty.idx + y * ty.k;
+            const float* wy = ty.w + y * ty.k;
+            const T* r0 = src + iy[0] * row_len;
+            const float w0 = wy[0];
+            for (Py_ssize_t i = 0; i < row_len; ++i) tmp[i] = as_float(r0[i]) * w0;
+            for (Py_ssize_t k = 1; k < ty.k; ++k) {
+                const T* r = src + iy[k] * row_len;
+                const float wk = wy[k];
+                for (Py_ssize_t i = 0; i < row_len; ++i) tmp[i] += as_float(r[i]) * wk;
+            }
+            for (Py_ssize_t c = 0; c < C; ++c) {
+                O* o = out + (c * OH + top + y) * OW + left;
+                const float ac = a[c], bc = b[c];
+                for (Py_ssize_t x = 0; x < tx.n; ++x) {
+                    const int32_t* ix = tx.idx + x * tx.k;
+                    const float* wx = tx.w + x * tx.k;
+                    float v = tmp[ix[0] * C + c] * wx[0];
+                    for (Py_ssize_t k = 1; k < tx.k; ++k) v += tmp[ix[k] * C + c] * wx[k];
+                    v *= ac;
+                    v += bc;
+                    o[x] = static_cast<O>(v);
+                }
+            }
+        }
+    });
+}
+
+PyObject* resize_normalize(PyObject*, PyObject* args) {
+    PyObject *src_o, *tyi_o, *tyw_o, *txi_o, *txw_o, *a_o, *b_o, *out_o;
+    Py_ssize_t top, left;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOnn", &src_o, &tyi_o, &tyw_o, &txi_o, &txw_o, &a_o, &b_o, &out_o, &top, &left))
+        return nullptr;
+    Buf src, tyi, tyw, txi, txw, a, b, out;
+    Taps ty, tx;
+    if (!src.get(src_o, false, "image") || !out.get(out_o, true, "out") || !a.get(a_o, false, "a") ||
+        !b.get(b_o, false, "b"))
+        return nullptr;
+    if (!check(src.view.ndim == 3 && out.view.ndim == 3, "image must be (H, W, C) and out (C, H, W)")) return nullptr;
+    Py_ssize_t Hs = src.dim(0), Ws = src.dim(1), C = src.dim(2), OH = out.dim(1), OW = out.dim(2);
+    if (!get_taps(tyi_o, tyw_o, tyi, tyw, ty, Hs, "row taps") || !get_taps(txi_o, txw_o, txi, txw, tx, Ws, "column taps"))
+        return nullptr;
+    if (!check(out.dim(0) == C && a.view.len == C * 4 && b.view.len == C * 4 && a.is('f', 4) && b.is('f', 4),
+               "channel counts of image, out, a and b differ") ||
+        !check(top >= 0 && left >= 0 && top + ty.n <= OH && left + tx.n <= OW, "resized image does not fit in out"))
+        return nullptr;
+    bool ok = true;
+    Py_BEGIN_ALLOW_THREADS
+    const float *pa = a.ptr<float>(), *pb = b.ptr<float>();
+    if (out.is('f', 4)) {
+        float* o = out.ptr<float>();
+        if (src.is('u', 1)) resize_normalize_impl(src.ptr<uint8_t>(), Ws, C, ty, tx, pa, pb, o, OH, OW, top, left);
+        else if (src.is('u', 2)) resize_normalize_impl(src.ptr<uint16_t>(), Ws, C, ty, tx, pa, pb, o, OH, OW, top, left);
+        else if (src.is('f', 4)) resize_normalize_impl(src.ptr<float>(), Ws, C, ty, tx, pa, pb, o, OH, OW, top, left);
+        else ok = false;
+#ifdef __FLT16_MAX__
+    } else if (out.is('f', 2)) {
+        _Float16* o = out.ptr<_Float16>();
+        if (src.is('u', 1)) resize_normalize_impl(src.ptr<uint8_t>(), Ws, C, ty, tx, pa, pb, o, OH, OW, top, left);
+        else if (src.is('u', 2)) resize_normalize_impl(src.ptr<uint16_t>(), Ws, C, ty, tx, pa, pb, o, OH, OW, top, left);
+        else if (src.is('f', 4)) resize_normalize_impl(src.ptr<float>(), Ws, C, ty, tx, pa, pb, o, OH, OW, top, left);
+        else ok = false;
+#endif
+    } else {
+        ok = false;
+    }
+    Py_END_ALLOW_THREADS
+    if (!check(ok, "image must be uint8, uint16 or float32 and out float32 (or float16)")) return nullptr;
+    Py_RETURN_NONE;
+}
+
+// -- upsample, upsample_argmax, upsample_threshold -------------------------------------------------------
+// scores (C, h, w) float32: the source row r of channel c starts at scores + (c * h + r) * w.
+struct Scores {
+    Buf buf;
+    const float* p = nullptr;
+    Py_ssize_t C = 0, h = 0, w = 0;
+    bool get(PyObject* o) {
+        if (!buf.get(o, false, "scores")) return false;
+        if (!check(buf.is('f', 4) && buf.view.ndim == 3, "scores must be (C, h, w) float32")) return false;
+        p = buf.ptr<float>();
+        C = buf.dim(0), h = buf.dim(1), w = buf.dim(2);
+        return true;
+    }
+};
+
+// The channel-strided row accessor for (C, h, w) planes: element (x, c) of row r at row + x * 1 + c * (h * w).
+template <class F>
+void for_blocks(const Scores& s, const Taps& ty, const Taps& tx, Py_ssize_t C, F per_pixel) {
+    Py_ssize_t blocks = (ty.n + ROW_BLOCK - 1) / ROW_BLOCK;
+    parallel_for(blocks, double(ty.n) * tx.n * C * ty.k, [&](Py_ssize_t b0, Py_ssize_t b1) {
+        RowCache rc;
+        std::vector<float> v(C);
+        for (Py_ssize_t blk = b0; blk < b1; ++blk) {
+            Py_ssize_t y0 = blk * ROW_BLOCK, y1 = std::min(ty.n, y0 + ROW_BLOCK);
+            fill_rows<float>(rc, ty, y0, y1, C, tx, 1, s.h * s.w, [&](Py_ssize_t r) { return s.p + r * s.w; });
+            for (Py_ssize_t y = y0; y < y1; ++y)
+                for (Py_ssize_t x = 0; x < tx.n; ++x) {
+                    vpix(rc, ty, y, x, C, tx.n, v.data());
+                    per_pixel(y, x, v.data());
+                }
+        }
+    });
+}
+
+PyObject* upsample(PyObject*, PyObject* args) {
+    PyObject *s_o, *tyi_o, *tyw_o, *txi_o, *txw_o, *out_o;
+    if (!PyArg_ParseTuple(args, "OOOOOO", &s_o, &tyi_o, &tyw_o, &txi_o, &txw_o, &out_o)) return nullptr;
+    Scores s;
+    Buf tyi, tyw, txi, txw, out;
+    Taps ty, tx;
+    if (!s.get(s_o) || !get_taps(tyi_o, tyw_o, tyi, tyw, ty, s.h, "row taps") ||
+        !get_taps(txi_o, txw_o, txi, txw, tx, s.w, "column taps") || !out.get(out_o, true, "out"))
+        return nullptr;
+    if (!check(out.is('f', 4) && out.view.ndim == 3 && out.dim(0) == s.C && out.dim(1) == ty.n && out.dim(2) == tx.n,
+               "out must be (C, H, W) float32"))
+        return nullptr;
+    float* o = out.ptr<float>();
+    Py_ssize_t C = s.C, H = ty.n, W = tx.n;
+    Py_BEGIN_ALLOW_THREADS
+    for_blocks(s, ty, tx, C, [&](Py_ssize_t y, Py_ssize_t x, const float* v) {
+        for (Py_ssize_t c = 0; c < C; ++c) o[(c * H + y) * W + x] = v[c];
+    });
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+PyObject* upsample_argmax(PyObject*, PyObject* args) {
+    PyObject *s_o, *tyi_o, *tyw_o, *txi_o, *txw_o, *lab_o, *conf_o;
+    if (!PyArg_ParseTuple(args, "OOOOOOO", &s_o, &tyi_o, &tyw_o, &txi_o, &txw_o, &lab_o, &conf_o)) return nullptr;
+    Scores s;
+    Buf tyi, tyw, txi, txw, lab, conf;
+    Taps ty, tx;
+    if (!s.get(s_o) || !get_taps(tyi_o, tyw_o, tyi, tyw, ty, s.h, "row taps") ||
+        !get_taps(txi_o, txw_o, txi, txw, tx, s.w, "column taps") || !lab.get(lab_o, true, "labels"))
+        return nullptr;
+    Py_ssize_t C = s.C, W = tx.n;
+    if (!check(lab.view.ndim == 2 && lab.dim(0) == ty.n && lab.dim(1) == W && (lab.is('u', 1) || lab.is('u', 2)),
+               "labels must be (H, W) uint8 or uint16") ||
+        !check(lab.view.itemsize == 2 || C <= 256, "more than 256 classes need uint16 labels"))
+        return nullptr;
+    float* cf = nullptr;
+    if (conf_o != Py_None) {
+        if (!conf.get(conf_o, true, "confidence")) return nullptr;
+        if (!check(conf.is('f', 4) && conf.view.len == lab.view.len / lab.view.itemsize * 4, "confidence must be (H, W) float32"))
+            return nullptr;
+        cf = conf.ptr<float>();
+    }
+    bool wide = lab.view.itemsize == 2;
+    void* lp = lab.view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for_blocks(s, ty, tx, C, [&](Py_ssize_t y, Py_ssize_t x, const float* v) {
+        Py_ssize_t best = 0;
+        float m = v[0];
+        for (Py_ssize_t c = 1; c < C; ++c)
+            if (v[c] > m) m = v[c], best = c;
+        if (wide) static_cast<uint16_t*>(lp)[y * W + x] = static_cast<uint16_t>(best);
+        else static_cast<uint8_t*>(lp)[y * W + x] = static_cast<uint8_t>(best);
+        if (cf) {
+            float sum = 0.0f;
+            for (Py_ssize_t c = 0; c < C; ++c) sum += std::exp(v[c] - m);
+            cf[y * W + x] = 1.0f / sum;
+        }
+    });
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+// scores (N, h, w): each plane upsampled and thresholded; counts[n] = (#v > thr + off, #v > thr - off).
+PyObject* upsample_threshold(PyObject*, PyObject* args) {
+    PyObject *s_o, *tyi_o, *tyw_o, *txi_o, *txw_o, *m_o, *cnt_o;
+    float thr, off;
+    if (!PyArg_ParseTuple(args, "OOOOOffOO", &s_o, &tyi_o, &tyw_o, &txi_o, &txw_o, &thr, &off, &m_o, &cnt_o))
+        return nullptr;
+    Scores s;
+    Buf tyi, tyw, txi, txw, m, cnt;
+    Taps ty, tx;
+    if (!s.get(s_o) || !get_taps(tyi_o, tyw_o, tyi, tyw, ty, s.h, "row taps") ||
+        !get_taps(txi_o, txw_o, txi, txw, tx, s.w, "column taps") || !m.get(m_o, true, "masks"))
+        return nullptr;
+    Py_ssize_t N = s.C, H = ty.n, W = tx.n;
+    if (!check(m.is('b', 1) && m.view.ndim == 3 && m.dim(0) == N && m.dim(1) == H && m.dim(2) == W,
+               "masks must be (N, H, W) bool"))
+        return nullptr;
+    int64_t* counts = nullptr;
+    if (cnt_o != Py_None) {
+        if (!cnt.get(cnt_o, true, "counts")) return nullptr;
+        if (!check(cnt.is('i', 8) && cnt.view.len == N * 16, "counts must be (N, 2) int64")) return nullptr;
+        counts = cnt.ptr<int64_t>();
+    }
+    bool* mp = m.ptr<bool>();
+    // One plane at a time (planes are independent): rows of a plane split across threads, counts per thread.
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t blocks = (H + ROW_BLOCK - 1) / ROW_BLOCK;
+    for (Py_ssize_t n = 0; n < N; ++n) {
+        const float* plane = s.p + n * s.h * s.w;
+        std::vector<int64_t> hi(blocks, 0), lo(blocks, 0);
+        float t_hi = thr + off, t_lo = thr - off;
+        parallel_for(blocks, double(H) * W * ty.k, [&](Py_ssize_t b0, Py_ssize_t b1) {
+            RowCache rc;
+            float v;
+            for (Py_ssize_t blk = b0; blk < b1; ++blk) {
+                Py_ssize_t y0 = blk * ROW_BLOCK, y1 = std::min(H, y0 + ROW_BLOCK);
+                fill_rows<float>(rc, ty, y0, y1, 1, tx, 1, 0, [&](Py_ssize_t r) { return plane + r * s.w; });
+                int64_t h_count = 0, l_count = 0;
+                for (Py_ssize_t y = y0; y < y1; ++y) {
+                    bool* row = mp + (n * H + y) * W;
+                    for (Py_ssize_t x = 0; x < W; ++x) {
+                        vpix(rc, ty, y, x, 1, W, &v);
+                        row[x] = v > thr;
+                        h_count += v > t_hi;
+                        l_count += v > t_lo;
+                    }
+                }
+                hi[blk] = h_count;
+                lo[blk] = l_count;
+            }
+        });
+        if (counts) {
+            int64_t a = 0, b = 0;
+            for (Py_ssize_t k = 0; k < blocks; ++k) a += hi[k], b += lo[k];
+            counts[2 * n] = a;
+            counts[2 * n + 1] = b;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+// -- paste_masks -------------------------------------------------------------------------------------
+// torchvision's paste: the (M, M) mask padded by one zero pixel, resized bilinearly (half-pixel
+// centres, source clamped at 0) to the grown box's (h, w), thresholded, only inside the image.
+struct Axis {
+    std::vector<int32_t> i0, i1;
+    std::vector<float> l0, l1;
+};
+
+void axis_taps(Py_ssize_t n_out, Py_ssize_t n_in, Axis& a) {
+    a.i0.resize(n_out), a.i1.resize(n_out), a.l0.resize(n_out), a.l1.resize(n_out);
+    float scale = static_cast<float>(n_in) / static_cast<float>(n_out);
+    for (Py_ssize_t j = 0; j < n_out; ++j) {
+        float src = (static_cast<float>(j) + 0.5f) * scale;
+        src -= 0.5f;
+        if (src < 0.0f) src = 0.0f;
+        int32_t i0 = std::min<int32_t>(static_cast<int32_t>(src), static_cast<int32_t>(n_in - 1));
+        a.i0[j] = i0;
+        a.i1[j] = std::min<int32_t>(i0 + 1, static_cast<int32_t>(n_in - 1));
+        a.l1[j] = src - static_cast<float>(i0);
+        a.l0[j] = 1.0f - a.l1[j];
+    }
+}
+
+PyObject* paste_masks(PyObject*, PyObject* args) {
+    PyObject *m_o, *b_o, *out_o;
+    float thr;
+    if (!PyArg_ParseTuple(args, "OOfO", &m_o, &b_o, &thr, &out_o)) return nullptr;
+    Buf m, bx, out;
+    if (!m.get(m_o, false, "masks") || !bx.get(b_o, false, "boxes") || !out.get(out_o, true, "out")) return nullptr;
+    if (!check(m.is('f', 4) && m.view.ndim == 3 && m.dim(1) == m.dim(2), "masks must be (N, M, M) float32") ||
+        !check(bx.is('i', 4) && bx.view.ndim == 2 && bx.dim(0) == m.dim(0) && bx.dim(1) == 4, "boxes must be (N, 4) int32") ||
+        !check(out.is('b', 1) && out.view.ndim == 3 && out.dim(0) == m.dim(0), "out must be (N, H, W) bool"))
+        return nullptr;
+    Py_ssize_t N = m.dim(0), M = m.dim(1), P = M + 2, H = out.dim(1), W = out.dim(2);
+    const float* mp = m.ptr<float>();
+    const int32_t* bp = bx.ptr<int32_t>();
+    bool* op = out.ptr<bool>();
+    double work = 0;
+    for (Py_ssize_t n = 0; n < N; ++n) work += double(bp[4 * n + 2] - bp[4 * n] + 1) * (bp[4 * n + 3] - bp[4 * n + 1] + 1);
+    Py_BEGIN_ALLOW_THREADS
+    parallel_for(N, work * 8, [&](Py_ssize_t n0, Py_ssize_t n1) {
+        Axis ax, ay;
+        std::vector<float> padded(P * P);
+        for (Py_ssize_t n = n0; n < n1; ++n) {
+            int32_t x0 = bp[4 * n], y0 = bp[4 * n + 1], x1 = bp[4 * n + 2], y1 = bp[4 * n + 3];
+            Py_ssize_t w = std::max<Py_ssize_t>(x1 - x0 + 1, 1), h = std::max<Py_ssize_t>(y1 - y0 + 1, 1);
+            Py_ssize_t xa = std::max<Py_ssize_t>(x0, 0), xb = std::min<Py_ssize_t>(Py_ssize_t(x1) + 1, W);
+            Py_ssize_t ya = std::max<Py_ssize_t>(y0, 0), yb = std::min<Py_ssize_t>(Py_ssize_t(y1) + 1, H);
+            if (xb <= xa || yb <= ya) continue;
+            std::fill(padded.begin(), padded.end(), 0.0f);
+            for (Py_ssize_t r = 0; r < M; ++r) std::memcpy(&padded[(r + 1) * P + 1], mp + (n * M + r) * M, M * sizeof(float));
+            axis_taps(w, P, ax);
+            axis_taps(h, P, ay);
+            bool* plane = op + n * H * W;
+            for (Py_ssize_t y = ya; y < yb; ++y) {
+                Py_ssize_t j = y - y0;
+                const float* r0 = &padded[ay.i0[j] * P];
+                const float* r1 = &padded[ay.i1[j] * P];
+                float wy0 = ay.l0[j], wy1 = ay.l1[j];
+                for (Py_ssize_t x = xa; x < xb; ++x) {
+                    Py_ssize_t i = x - x0;
+                    float h0 = r0[ax.i0[i]] * ax.l0[i];
+                    h0 += r0[ax.i1[i]] * ax.l1[i];
+                    float h1 = r1[ax.i0[i]] * ax.l0[i];
+                    h1 += r1[ax.i1[i]] * ax.l1[i];
+                    float v = h0 * wy0;
+                    v += h1 * wy1;
+                    plane[y * W + x] = v > thr;
+                }
+            }
+        }
+    });
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+// -- rle_strings -------------------------------------------------------------------------------------
+// COCO's compressed RLE (pycocotools' maskApi.c rleEncode + rleToString): run lengths in column-major
+// order starting with a run of zeros, each count (minus the one two back, from the third on) written
+// in 5-bit groups with a continuation bit, offset by 48 into printable ASCII.
+std::string rle_string(const bool* m, Py_ssize_t H, Py_ssize_t W) {
+    std::vector<int64_t> counts;
+    bool current = false;
+    int64_t run = 0;
+    for (Py_ssize_t x = 0; x < W; ++x)
+        for (Py_ssize_t y = 0; y < H; ++y) {
+            bool v = m[y * W + x];
+            if (v != current) {
+                counts.push_back(run);
+                run = 0;
+                current = v;
+            }
+            ++run;
+        }
+    counts.push_back(run);
+    std::string s;
+    s.reserve(counts.size() * 2);
+    for (size_t i = 0; i < counts.size(); ++i) {
+        int64_t x = counts[i];
+        if (i > 2) x -= counts[i - 2];
+        bool more = true;
+        while (more) {
+            char c = static_cast<char>(x & 0x1f);
+            x >>= 5;
+            more = (c & 0x10) ? x != -1 : x != 0;
+            if (more) c |= 0x20;
+            s.push_back(static_cast<char>(c + 48));
+        }
+    }
+    return s;
+}
+
+PyObject* rle_strings(PyObject*, PyObject* args) {
+    PyObject* m_o;
+    if (!PyArg_ParseTuple(args, "O", &m_o)) return nullptr;
+    Buf m;
+    if (!m.get(m_o, false, "masks")) return nullptr;
+    if (!check(m.is('b', 1) && m.view.ndim == 3, "masks must be (N, H, W) bool")) return nullptr;
+    Py_ssize_t N = m.dim(0), H = m.dim(1), W = m.dim(2);
+    std::vector<std::string> out(N);
+    const bool* p = m.ptr<bool>();
+    Py_BEGIN_ALLOW_THREADS
+    parallel_for(N, double(N) * H * W, [&](Py_ssize_t a, Py_ssize_t b) {
+        for (Py_ssize_t n = a; n < b; ++n) out[n] = rle_string(p + n * H * W, H, W);
+    });
+    Py_END_ALLOW_THREADS
+    PyObject* list = PyList_New(N);
+    if (!list) return nullptr;
+    for (Py_ssize_t n = 0; n < N; ++n) {
+        PyObject* s = PyUnicode_FromStringAndSize(out[n].data(), static_cast<Py_ssize_t>(out[n].size()));
+        if (!s) {
+            Py_DECREF(list);
+            return nullptr;
+        }
+        PyList_SET_ITEM(list, n, s);
+    }
+    return list;
+}
+
+// -- overlay_labels ----------------------------------------------------------------------------------
+// out = image where label == 0, else (image * (256 - A) + colour * A + 128) >> 8 per channel.
+PyObject* overlay_labels(PyObject*, PyObject* args) {
+    PyObject *im_o, *lab_o, *col_o, *out_o;
+    int A;
+    if (!PyArg_ParseTuple(args, "OOOiO", &im_o, &lab_o, &col_o, &A, &out_o)) return nullptr;
+    Buf im, lab, col, out;
+    if (!im.get(im_o, false, "image") || !lab.get(lab_o, false, "labels") || !col.get(col_o, false, "colours") ||
+        !out.get(out_o, true, "out"))
+        return nullptr;
+    if (!check(im.is('u', 1) && im.view.ndim == 3 && im.dim(2) == 3, "image must be (H, W, 3) uint8") ||
+        !check(out.is('u', 1) && out.view.len == im.view.len, "out must match image") ||
+        !check(lab.view.ndim == 2 && lab.dim(0) == im.dim(0) && lab.dim(1) == im.dim(1) && (lab.is('u', 1) || lab.is('u', 2)),
+               "labels must be (H, W) uint8 or uint16") ||
+        !check(col.is('u', 1) && col.view.ndim == 2 && col.dim(1) == 3, "colours must be (K, 3) uint8") ||
+        !check(A >= 0 && A <= 256, "alpha out of range"))
+        return nullptr;
+    Py_ssize_t H = im.dim(0), W = im.dim(1), K = col.dim(0);
+    const uint8_t* ip = im.ptr<uint8_t>();
+    const uint8_t* cp = col.ptr<uint8_t>();
+    uint8_t* op = out.ptr<uint8_t>();
+    bool wide = lab.view.itemsize == 2;
+    const void* lp = lab.view.buf;
+    std::atomic<bool> ok{true};
+    Py_BEGIN_ALLOW_THREADS
+    parallel_for(H, double(H) * W * 3, [&](Py_ssize_t y0, Py_ssize_t y1) {
+        for (Py_ssize_t y = y0; y < y1; ++y)
+            for (Py_ssize_t x = 0; x < W; ++x) {
+                Py_ssize_t i = y * W + x;
+                unsigned l = wide ? static_cast<const uint16_t*>(lp)[i] : static_cast<const uint8_t*>(lp)[i];
+                const uint8_t* s = ip + 3 * i;
+                uint8_t* d = op + 3 * i;
+                if (l == 0 || static_cast<Py_ssize_t>(l) >= K) {
+                    if (static_cast<Py_ssize_t>(l) >= K) ok.store(false, std::memory_order_relaxed);
+                    d[0] = s[0], d[1] = s[1], d[2] = s[2];
+                    continue;
+                }
+                const uint8_t* c = cp + 3 * l;
+                for (int k = 0; k < 3; ++k) d[k] = static_cast<uint8_t>((s[k] * (256 - A) + c[k] * A + 128) >> 8);
+            }
+    });
+    Py_END_ALLOW_THREADS
+    if (!check(ok.load(), "a label is past the end of the colour table")) return nullptr;
+    Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"resize_normalize", resize_normalize, METH_VARARGS, "image -> resized, normalised CHW region of out"},
+    {"upsample", upsample, METH_VARARGS, "(C, h, w) -> (C, H, W) float32 through separable taps"},
+    {"upsample_argmax", upsample_argmax, METH_VARARGS, "(C, h, w) scores -> (H, W) labels (+ confidence)"},
+    {"upsample_threshold", upsample_threshold, METH_VARARGS, "(N, h, w) logits -> (N, H, W) masks (+ counts)"},
+    {"paste_masks", paste_masks, METH_VARARGS, "(N, M, M) probabilities -> (N, H, W) masks inside their boxes"},
+    {"rle_strings", rle_strings, METH_VARARGS, "(N, H, W) bool -> COCO compressed RLE count strings"},
+    {"overlay_labels", overlay_labels, METH_VARARGS, "colour a label map over an RGB image"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "segrt's native pre/post-processing kernels", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
