@@ -164,6 +164,14 @@ inline void vpix(const RowCache& rc, const Taps& ty, Py_ssize_t y, Py_ssize_t x,
 
 constexpr Py_ssize_t ROW_BLOCK = 32;
 
+// One tap of weight 1 per output element: a pure gather (a crop, or the identity).
+bool is_gather(const Taps& t) {
+    if (t.k != 1) return false;
+    for (Py_ssize_t i = 0; i < t.n; ++i)
+        if (t.w[i] != 1.0f) return false;
+    return true;
+}
+
 // -- resize_normalize --------------------------------------------------------------------------------
 // Rows first (contiguous source rows combined into one float row, vectorisable), then columns; both
 // twins use this order. The usual camera case, a downscale, touches each source row at most twice.
@@ -312,7 +320,7 @@ PyObject* upsample_argmax(PyObject*, PyObject* args) {
     Py_ssize_t C = s.C, W = tx.n;
     if (!check(lab.view.ndim == 2 && lab.dim(0) == ty.n && lab.dim(1) == W && (lab.is('u', 1) || lab.is('u', 2)),
                "labels must be (H, W) uint8 or uint16") ||
-        !check(lab.view.itemsize == 2 || C <= 256, "more than 256 classes need uint16 labels"))
+        !check((lab.view.itemsize == 2 || C <= 256) && C <= 65536, "more than 256 classes need uint16 labels (at most 65536)"))
         return nullptr;
     float* cf = nullptr;
     if (conf_o != Py_None) {
@@ -323,6 +331,42 @@ PyObject* upsample_argmax(PyObject*, PyObject* args) {
     }
     bool wide = lab.view.itemsize == 2;
     void* lp = lab.view.buf;
+    if (cf == nullptr && is_gather(ty) && is_gather(tx)) {
+        // Output at the scores' own resolution (a crop at most): v = s * 1.0f is s, so compare the scores
+        // directly, channel by channel over whole rows (contiguous, vectorisable), same first-max rule.
+        Py_BEGIN_ALLOW_THREADS
+        parallel_for(ty.n, double(ty.n) * W * C, [&](Py_ssize_t y0, Py_ssize_t y1) {
+            std::vector<float> best(W);
+            std::vector<uint16_t> arg(W);
+            bool contiguous = true;  // a column crop: read rows directly, no gather
+            for (Py_ssize_t x = 0; x < W; ++x) contiguous = contiguous && tx.idx[x] == tx.idx[0] + x;
+            std::vector<float> gathered(contiguous ? 0 : W);
+            auto row_of = [&](const float* full) -> const float* {
+                if (contiguous) return full + tx.idx[0];
+                for (Py_ssize_t x = 0; x < W; ++x) gathered[x] = full[tx.idx[x]];
+                return gathered.data();
+            };
+            for (Py_ssize_t y = y0; y < y1; ++y) {
+                const float* plane = s.p + ty.idx[y] * s.w;
+                const float* r0 = row_of(plane);
+                for (Py_ssize_t x = 0; x < W; ++x) best[x] = r0[x], arg[x] = 0;
+                for (Py_ssize_t c = 1; c < C; ++c) {
+                    const float* row = row_of(plane + c * s.h * s.w);
+                    const uint16_t cc = static_cast<uint16_t>(c);
+                    for (Py_ssize_t x = 0; x < W; ++x) {
+                        const bool more = row[x] > best[x];
+                        best[x] = more ? row[x] : best[x];
+                        arg[x] = more ? cc : arg[x];
+                    }
+                }
+                if (wide) std::memcpy(static_cast<uint16_t*>(lp) + y * W, arg.data(), W * sizeof(uint16_t));
+                else
+                    for (Py_ssize_t x = 0; x < W; ++x) static_cast<uint8_t*>(lp)[y * W + x] = static_cast<uint8_t>(arg[x]);
+            }
+        });
+        Py_END_ALLOW_THREADS
+        Py_RETURN_NONE;
+    }
     Py_BEGIN_ALLOW_THREADS
     for_blocks(s, ty, tx, C, [&](Py_ssize_t y, Py_ssize_t x, const float* v) {
         Py_ssize_t best = 0;
