@@ -333,25 +333,15 @@ class Stream:
             raise InvalidInputError(f"max_fps must be positive; got {max_fps}")
         if workers is not None and workers < 1:
             raise InvalidInputError(f"workers must be at least 1; got {workers}")
-        if isinstance(model, (str, Path)):
-            first = load(model, device, threads=threads, **load_kwargs)
-            n = workers or default_workers(first.device)
-            if n > 1:  # the CPU's threads split between the workers' sessions
-                per = threads or max(1, (os.cpu_count() or 1) // n)
-                if threads is None:
-                    first = load(model, first.device, threads=per, **load_kwargs)
-                self.models = [first] + [load(model, first.device, threads=per, **load_kwargs) for _ in range(n - 1)]
-            else:
-                self.models = [first]
-        else:
-            if workers not in (None, 1):
-                raise InvalidInputError("several workers need the bundle path (each loads its own session)")
-            self.models = [model]
-        if isinstance(self.models[0], SamPredictor):
-            for m in self.models:
-                m.cache.max_bytes = 0  # every video frame is new: hashing and keeping embeddings only costs
-        self.stages = stages_for(self.models[0], points, labels, box)
-        self.source = open_source(source, live)
+        if not isinstance(model, (str, Path)) and workers not in (None, 1):
+            raise InvalidInputError("several workers need the bundle path (each loads its own session)")
+        self.source = open_source(source, live)  # first: a bad source fails before any model loads
+        try:
+            self.models = self._load(model, device, workers, threads, load_kwargs)
+            self.stages = stages_for(self.models[0], points, labels, box)
+        except BaseException:
+            self.source.close()
+            raise
         self.max_fps, self.max_frames = max_fps, max_frames
         expected = self.source.expected_frames
         if max_frames is not None:
@@ -370,6 +360,25 @@ class Stream:
         self._threads: list[threading.Thread] = []
         self._started = False
         self._latencies: list[float] = []
+
+    @staticmethod
+    def _load(model: str | Path | Model, device: str, workers: int | None, threads: int | None,
+              load_kwargs: dict[str, Any]) -> list[Model]:
+        if not isinstance(model, (str, Path)):
+            models = [model]
+        else:
+            first = load(model, device, threads=threads, **load_kwargs)
+            n = workers or default_workers(first.device)
+            models = [first]
+            if n > 1:  # the CPU's threads split between the workers' sessions
+                per = threads or max(1, (os.cpu_count() or 1) // n)
+                if threads is None:
+                    models = [load(model, first.device, threads=per, **load_kwargs)]
+                models += [load(model, first.device, threads=per, **load_kwargs) for _ in range(n - 1)]
+        if isinstance(models[0], SamPredictor):
+            for m in models:
+                m.cache.max_bytes = 0  # every video frame is new: hashing and keeping embeddings only costs
+        return models
 
     # queue helpers that give up when the pipeline is stopping
     def _put(self, q: queue.Queue, item: Any) -> bool:
