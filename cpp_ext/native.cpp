@@ -267,6 +267,17 @@ struct Scores {
     }
 };
 
+// The arguments every upsampling kernel starts with: (C, h, w) scores, row taps, column taps.
+struct Resample {
+    Scores s;
+    Buf tyi, tyw, txi, txw;
+    Taps ty{}, tx{};
+    bool get(PyObject* s_o, PyObject* tyi_o, PyObject* tyw_o, PyObject* txi_o, PyObject* txw_o) {
+        return s.get(s_o) && get_taps(tyi_o, tyw_o, tyi, tyw, ty, s.h, "row taps") &&
+               get_taps(txi_o, txw_o, txi, txw, tx, s.w, "column taps");
+    }
+};
+
 // The channel-strided row accessor for (C, h, w) planes: element (x, c) of row r at row + x * 1 + c * (h * w).
 template <class F>
 void for_blocks(const Scores& s, const Taps& ty, const Taps& tx, Py_ssize_t C, F per_pixel) {
@@ -289,12 +300,11 @@ void for_blocks(const Scores& s, const Taps& ty, const Taps& tx, Py_ssize_t C, F
 PyObject* upsample(PyObject*, PyObject* args) {
     PyObject *s_o, *tyi_o, *tyw_o, *txi_o, *txw_o, *out_o;
     if (!PyArg_ParseTuple(args, "OOOOOO", &s_o, &tyi_o, &tyw_o, &txi_o, &txw_o, &out_o)) return nullptr;
-    Scores s;
-    Buf tyi, tyw, txi, txw, out;
-    Taps ty, tx;
-    if (!s.get(s_o) || !get_taps(tyi_o, tyw_o, tyi, tyw, ty, s.h, "row taps") ||
-        !get_taps(txi_o, txw_o, txi, txw, tx, s.w, "column taps") || !out.get(out_o, true, "out"))
-        return nullptr;
+    Resample rs;
+    Buf out;
+    if (!rs.get(s_o, tyi_o, tyw_o, txi_o, txw_o) || !out.get(out_o, true, "out")) return nullptr;
+    const Scores& s = rs.s;
+    const Taps &ty = rs.ty, &tx = rs.tx;
     if (!check(out.is('f', 4) && out.view.ndim == 3 && out.dim(0) == s.C && out.dim(1) == ty.n && out.dim(2) == tx.n,
                "out must be (C, H, W) float32"))
         return nullptr;
@@ -311,12 +321,11 @@ PyObject* upsample(PyObject*, PyObject* args) {
 PyObject* upsample_argmax(PyObject*, PyObject* args) {
     PyObject *s_o, *tyi_o, *tyw_o, *txi_o, *txw_o, *lab_o, *conf_o;
     if (!PyArg_ParseTuple(args, "OOOOOOO", &s_o, &tyi_o, &tyw_o, &txi_o, &txw_o, &lab_o, &conf_o)) return nullptr;
-    Scores s;
-    Buf tyi, tyw, txi, txw, lab, conf;
-    Taps ty, tx;
-    if (!s.get(s_o) || !get_taps(tyi_o, tyw_o, tyi, tyw, ty, s.h, "row taps") ||
-        !get_taps(txi_o, txw_o, txi, txw, tx, s.w, "column taps") || !lab.get(lab_o, true, "labels"))
-        return nullptr;
+    Resample rs;
+    Buf lab, conf;
+    if (!rs.get(s_o, tyi_o, tyw_o, txi_o, txw_o) || !lab.get(lab_o, true, "labels")) return nullptr;
+    const Scores& s = rs.s;
+    const Taps &ty = rs.ty, &tx = rs.tx;
     Py_ssize_t C = s.C, W = tx.n;
     if (!check(lab.view.ndim == 2 && lab.dim(0) == ty.n && lab.dim(1) == W && (lab.is('u', 1) || lab.is('u', 2)),
                "labels must be (H, W) uint8 or uint16") ||
@@ -391,12 +400,11 @@ PyObject* upsample_threshold(PyObject*, PyObject* args) {
     float thr, off;
     if (!PyArg_ParseTuple(args, "OOOOOffOO", &s_o, &tyi_o, &tyw_o, &txi_o, &txw_o, &thr, &off, &m_o, &cnt_o))
         return nullptr;
-    Scores s;
-    Buf tyi, tyw, txi, txw, m, cnt;
-    Taps ty, tx;
-    if (!s.get(s_o) || !get_taps(tyi_o, tyw_o, tyi, tyw, ty, s.h, "row taps") ||
-        !get_taps(txi_o, txw_o, txi, txw, tx, s.w, "column taps") || !m.get(m_o, true, "masks"))
-        return nullptr;
+    Resample rs;
+    Buf m, cnt;
+    if (!rs.get(s_o, tyi_o, tyw_o, txi_o, txw_o) || !m.get(m_o, true, "masks")) return nullptr;
+    const Scores& s = rs.s;
+    const Taps &ty = rs.ty, &tx = rs.tx;
     Py_ssize_t N = s.C, H = ty.n, W = tx.n;
     if (!check(m.is('b', 1) && m.view.ndim == 3 && m.dim(0) == N && m.dim(1) == H && m.dim(2) == W,
                "masks must be (N, H, W) bool"))
