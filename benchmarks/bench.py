@@ -72,6 +72,44 @@ def _timed(fn: Callable[[int], dict[str, float]], cfg: BenchConfig) -> dict[str,
     return {stage: percentiles([r[stage] for r in runs]) for stage in runs[0]}
 
 
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: the lifetime peak is the best available
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakRss:
+    """Peak resident memory of this process while the block runs, sampled every 5 ms (on Linux; elsewhere
+    the process's lifetime peak). ``record()``: MB before, peak, and the difference (what the block added)."""
+
+    def __enter__(self) -> PeakRss:
+        import threading
+
+        self.before = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    def record(self) -> dict[str, float]:
+        mb = 1024 * 1024
+        return {"rss_before_mb": self.before / mb, "peak_rss_mb": self.peak / mb,
+                "peak_delta_mb": (self.peak - self.before) / mb}
+
+
 def ensure_bundle(arch: str, encoder: str, classes: int) -> Path:
     """Export the seeded default model into the cache once; later runs reuse it."""
     from segrt.export.exporter import export_model
@@ -95,20 +133,23 @@ def cold_start(make: Callable[[], Any], image: np.ndarray) -> tuple[Any, float, 
 
 
 def bench_segrt(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
-    seg, load_ms, first_ms = cold_start(lambda: Segmenter(bundle, "auto", threads=cfg.threads), images[0])
+    with PeakRss() as mem:  # load, first inference and the timed loop: what the model costs in memory
+        seg, load_ms, first_ms = cold_start(lambda: Segmenter(bundle, "auto", threads=cfg.threads), images[0])
 
-    def one(i: int) -> dict[str, float]:
-        t0 = time.perf_counter()
-        arr = seg.prepare(images[i % len(images)], "rgb")
-        tensor, frames = seg.preprocess([arr])
-        t1 = time.perf_counter()
-        scores = seg.infer(tensor)
-        t2 = time.perf_counter()
-        seg.postprocess(scores[0], frames[0])
-        t3 = time.perf_counter()
-        return {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "e2e": (t3 - t0) * 1e3}
+        def one(i: int) -> dict[str, float]:
+            t0 = time.perf_counter()
+            arr = seg.prepare(images[i % len(images)], "rgb")
+            tensor, frames = seg.preprocess([arr])
+            t1 = time.perf_counter()
+            scores = seg.infer(tensor)
+            t2 = time.perf_counter()
+            seg.postprocess(scores[0], frames[0])
+            t3 = time.perf_counter()
+            return {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "e2e": (t3 - t0) * 1e3}
 
-    return {"backend": seg.runner.name, "load_ms": load_ms, "first_inference_ms": first_ms, "stages": _timed(one, cfg)}
+        stages = _timed(one, cfg)
+    return {"backend": seg.runner.name, "load_ms": load_ms, "first_inference_ms": first_ms, "stages": stages,
+            "memory": mem.record()}
 
 
 def bench_torch(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
@@ -143,7 +184,9 @@ def bench_torch(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dic
         t3 = time.perf_counter()
         return {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "e2e": (t3 - t0) * 1e3}
 
-    return {"backend": f"torch-eager-{torch.__version__}", "stages": _timed(one, cfg)}
+    with PeakRss() as mem:
+        stages = _timed(one, cfg)
+    return {"backend": f"torch-eager-{torch.__version__}", "stages": stages, "memory": mem.record()}
 
 
 def bench_model(bundle: Path, cfg: BenchConfig) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 from segrt.runtime.instance import InstanceSegmenter
 from segrt.runtime.manifest import read_manifest
 
-from .bench import BenchConfig, _timed, cache_dir, cold_start, photos
+from .bench import BenchConfig, PeakRss, _timed, cache_dir, cold_start, photos
 
 log = logging.getLogger("segrt")
 
@@ -51,21 +51,23 @@ def _torch_model(bundle: Path) -> Any:
 
 
 def bench_segrt_instance(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
-    det, load_ms, first_ms = cold_start(lambda: InstanceSegmenter(bundle, "auto", threads=cfg.threads), images[0])
     counts: list[int] = []
+    with PeakRss() as mem:
+        det, load_ms, first_ms = cold_start(lambda: InstanceSegmenter(bundle, "auto", threads=cfg.threads), images[0])
 
-    def one(i: int) -> dict[str, float]:
-        t0 = time.perf_counter()
-        feeds, frame = det.preprocess(det.prepare(images[i % len(images)]))
-        t1 = time.perf_counter()
-        out = det.infer(feeds)
-        t2 = time.perf_counter()
-        counts.append(len(det.postprocess(out, frame)[1]))
-        t3 = time.perf_counter()
-        return {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "e2e": (t3 - t0) * 1e3}
+        def one(i: int) -> dict[str, float]:
+            t0 = time.perf_counter()
+            feeds, frame = det.preprocess(det.prepare(images[i % len(images)]))
+            t1 = time.perf_counter()
+            out = det.infer(feeds)
+            t2 = time.perf_counter()
+            counts.append(len(det.postprocess(out, frame)[1]))
+            t3 = time.perf_counter()
+            return {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "e2e": (t3 - t0) * 1e3}
 
-    stages = _timed(one, cfg)
+        stages = _timed(one, cfg)
     return {"backend": det.runner.name, "load_ms": load_ms, "first_inference_ms": first_ms, "stages": stages,
+            "memory": mem.record(),
             "mean_detections": float(np.mean(counts))}
 
 

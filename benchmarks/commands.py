@@ -26,8 +26,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"onnxruntime {m['onnxruntime']}, torch {m['torch']}, segrt {m['segrt']} ({m['commit']}). "
         "Latencies in ms, p50 (p90 / p99); weights as noted.",
         "",
-        "| model | size | weights | backend | pre | infer | post | end to end | fps | PyTorch e2e | speedup | pre+post share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | size | weights | backend | pre | infer | post | end to end | fps | PyTorch e2e | speedup | pre+post share "
+        "| peak RSS +MB (segrt / PyTorch) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["results"]:
         s = r["segrt"]["stages"]
@@ -37,7 +38,8 @@ def markdown(result: dict[str, Any]) -> str:
         share = f"{r['prepost_share']:.1%} ({_goal(r['prepost_share'] < GOAL_PREPOST_SHARE)})"
         lines.append(
             f"| {r['model']} | {r['size'][0]}x{r['size'][1]} | {r['weights']} | {r['segrt']['backend']} | {cell('pre')} | "
-            f"{cell('infer')} | {cell('post')} | {cell('e2e')} | {s['e2e']['fps']:.1f} | {torch_e2e} | {speed} | {share} |"
+            f"{cell('infer')} | {cell('post')} | {cell('e2e')} | {s['e2e']['fps']:.1f} | {torch_e2e} | {speed} | {share} | "
+            f"{_mem(r)} |"
         )
     for r in result["results"]:
         if "in_graph_paste" in r:
@@ -51,6 +53,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Goals: end to end at least {GOAL_SPEEDUP}x faster than PyTorch eager; pre+post under "
               f"{GOAL_PREPOST_SHARE:.0%} of end to end. Cold start (load, first inference) is in the JSON."]
     return "\n".join(lines) + "\n"
+
+
+def _mem(row: dict[str, Any]) -> str:
+    seg = row["segrt"].get("memory")
+    torch = row.get("torch", {}).get("memory")
+    return " / ".join(f"{m['peak_delta_mb']:.0f}" if m else "-" for m in (seg, torch))
 
 
 def _load_result(path: Path) -> dict[str, Any]:
@@ -127,6 +135,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             results.append(bench_model(Path(bundle), cfg))
     result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
               "results": results}
+    if args.plot:
+        from .plot import plot_results
+
+        plot_results(result, args.plot)
     return _emit(args, result, markdown(result))
 
 
@@ -214,6 +226,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", choices=("torch", "none"), default="torch")
     p.add_argument("--json", type=Path, help="write the full result (schema in the README)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")
+    p.add_argument("--plot", type=Path, help="write a PNG chart of latency by model (matplotlib)")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE.json", "AFTER.json"),
                    help="print the after/before ratios of two --json results instead of benchmarking")
     p.add_argument("--sam", nargs="+", choices=("vit_b", "vit_l", "vit_h", "tiny"),

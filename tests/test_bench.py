@@ -29,8 +29,19 @@ def test_bench_row_on_a_real_model(tmp_path) -> None:
     assert set(stages) == {"pre", "infer", "post", "e2e"}
     assert stages["e2e"]["mean"] == pytest.approx(sum(stages[s]["mean"] for s in ("pre", "infer", "post")), rel=0.05)
     assert row["segrt"]["load_ms"] > 0 and "torch" not in row
+    mem = row["segrt"]["memory"]
+    # Loading PP-OCR (4.7 MB of weights) and running it must show up in the sampled peak.
+    assert mem["rss_before_mb"] > 20 and 2 < mem["peak_delta_mb"] < 500
     table = markdown({"machine": describe(1), "results": [row]})
     assert "| imported/None | 96x128 |" in table
+    import cv2
+
+    from segrt.benchmarks.plot import plot_results
+
+    plot_results({"machine": describe(1), "results": [row, row]}, tmp_path / "chart.png")
+    png = cv2.imread(str(tmp_path / "chart.png"))
+    assert png is not None and png.shape[0] > 200 and png.shape[1] > 600
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 def test_bad_bench_arguments() -> None:
