@@ -96,8 +96,10 @@ def bench_torch_instance(model: Any, images: list[np.ndarray], cfg: BenchConfig)
         counts.append(len(dets[0]["scores"]))
         return {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "e2e": (t3 - t0) * 1e3}
 
-    stages = _timed(one, cfg)
-    return {"backend": f"torch-eager-{torch.__version__}", "stages": stages, "mean_detections": float(np.mean(counts))}
+    with PeakRss() as mem:
+        stages = _timed(one, cfg)
+    return {"backend": f"torch-eager-{torch.__version__}", "stages": stages, "memory": mem.record(),
+            "mean_detections": float(np.mean(counts))}
 
 
 def export_in_graph_paste(model: Any, path: Path) -> None:

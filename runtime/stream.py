@@ -365,19 +365,18 @@ class Stream:
     def _load(model: str | Path | Model, device: str, workers: int | None, threads: int | None,
               load_kwargs: dict[str, Any]) -> list[Model]:
         if not isinstance(model, (str, Path)):
-            models = [model]
-        else:
-            first = load(model, device, threads=threads, **load_kwargs)
-            n = workers or default_workers(first.device)
-            models = [first]
-            if n > 1:  # the CPU's threads split between the workers' sessions
-                per = threads or max(1, (os.cpu_count() or 1) // n)
-                if threads is None:
-                    models = [load(model, first.device, threads=per, **load_kwargs)]
-                models += [load(model, first.device, threads=per, **load_kwargs) for _ in range(n - 1)]
-        if isinstance(models[0], SamPredictor):
-            for m in models:
-                m.cache.max_bytes = 0  # every video frame is new: hashing and keeping embeddings only costs
+            return [model]  # the caller's object, left as configured
+        first = load(model, device, threads=threads, **load_kwargs)
+        n = workers or default_workers(first.device)
+        models = [first]
+        if n > 1:  # the CPU's threads split between the workers' sessions
+            per = threads or max(1, (os.cpu_count() or 1) // n)
+            if threads is None:
+                models = [load(model, first.device, threads=per, **load_kwargs)]
+            models += [load(model, first.device, threads=per, **load_kwargs) for _ in range(n - 1)]
+        if isinstance(first, SamPredictor):
+            for m in models:  # ours: every video frame is new, so hashing and keeping embeddings only costs
+                m.cache.max_bytes = 0
         return models
 
     # queue helpers that give up when the pipeline is stopping
