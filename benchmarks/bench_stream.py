@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import cv2
 import numpy as np
 from segrt.runtime import load
 from segrt.runtime.errors import InvalidInputError
-from segrt.runtime.stream import Stream, VideoSink, annotate
+from segrt.runtime.manifest import read_manifest
+from segrt.runtime.stream import Stream, VideoSink, VideoSource, annotate
 
 from .bench import cache_dir
 
@@ -69,21 +71,36 @@ def ocr_bundle(letterbox: tuple[int, int] | None = None) -> Path:
     return out
 
 
-def _writer(tmp: Path, video: Path) -> VideoSink:
-    cap = cv2.VideoCapture(str(video))
-    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
-    cap.release()
-    return VideoSink(tmp, fps, size)
+@dataclass(frozen=True)
+class Clip:
+    """A video and what both sides need before the clock starts: its first frame (RGB, for warm-up),
+    frame size (width, height) and rate."""
+
+    path: Path
+    first: np.ndarray
+    size: tuple[int, int]
+    fps: float
+
+    @classmethod
+    def probe(cls, path: Path) -> Clip:
+        src = VideoSource(str(path), live=False)
+        try:
+            first = src.read()
+        finally:
+            src.close()
+        if first is None or src.size is None:
+            raise InvalidInputError(f"{path} holds no decodable frame")
+        return cls(path, first, src.size, src.fps or 10.0)
+
+    def writer(self, out: Path) -> VideoSink:
+        return VideoSink(out, self.fps, self.size)
 
 
-def sequential(bundle: Path, video: Path, frames: int, device: str, out: Path) -> dict[str, float]:
+def sequential(bundle: Path, clip: Clip, frames: int, device: str, out: Path) -> dict[str, float]:
     seg = load(bundle, device)
-    cap = cv2.VideoCapture(str(video))
-    ok, first = cap.read()
-    seg(cv2.cvtColor(first, cv2.COLOR_BGR2RGB))  # warm-up, outside the clock (the pipeline warms up too)
-    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-    sink = _writer(out, video)
+    seg(clip.first)  # warm-up, outside the clock (the pipeline warms up too)
+    cap = cv2.VideoCapture(str(clip.path))
+    sink = clip.writer(out)
     n, t0 = 0, time.perf_counter()
     while n < frames:
         ok, bgr = cap.read()
@@ -101,12 +118,12 @@ def sequential(bundle: Path, video: Path, frames: int, device: str, out: Path) -
     return {"frames": n, "seconds": seconds, "fps": n / seconds}
 
 
-def pipelined(bundle: Path, video: Path, frames: int, device: str, out: Path) -> dict[str, Any]:
-    s = Stream(bundle, video, device=device, max_frames=frames)
-    s.stages.infer(s.models[0], s.stages.pre(_first_frame(video))[0])  # same warm-up as the loop
-    for m in s.models[1:]:
-        s.stages.infer(m, s.stages.pre(_first_frame(video))[0])
-    sink = _writer(out, video)
+def pipelined(bundle: Path, clip: Clip, frames: int, device: str, out: Path) -> dict[str, Any]:
+    s = Stream(bundle, clip.path, device=device, max_frames=frames)
+    payload = s.stages.pre(clip.first)[0]
+    for m in s.models:  # the same warm-up as the loop's, for every worker
+        s.stages.infer(m, payload)
+    sink = clip.writer(out)
     n, t0 = 0, time.perf_counter()
     for frame, res in s:
         sink.write(annotate(frame, res, n / max(time.perf_counter() - t0, 1e-9)))
@@ -118,26 +135,16 @@ def pipelined(bundle: Path, video: Path, frames: int, device: str, out: Path) ->
             "latency_p50_ms": r.latency_p50_ms, "latency_p99_ms": r.latency_p99_ms}
 
 
-def _first_frame(video: Path) -> np.ndarray:
-    cap = cv2.VideoCapture(str(video))
-    ok, f = cap.read()
-    cap.release()
-    return cv2.cvtColor(f, cv2.COLOR_BGR2RGB)
-
-
 def bench_stream(bundle: Path, video: Path, frames: int, device: str = "cpu", repeats: int = 2) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"sequential": [], "pipelined": []}
+    clip = Clip.probe(video)
     with tempfile.TemporaryDirectory(prefix="segrt-stream-") as tmp:
         for i in range(repeats):
-            runs["sequential"].append(sequential(bundle, video, frames, device, Path(tmp) / f"seq{i}.avi"))
-            runs["pipelined"].append(pipelined(bundle, video, frames, device, Path(tmp) / f"pipe{i}.avi"))
+            runs["sequential"].append(sequential(bundle, clip, frames, device, Path(tmp) / f"seq{i}.avi"))
+            runs["pipelined"].append(pipelined(bundle, clip, frames, device, Path(tmp) / f"pipe{i}.avi"))
     fps = {k: float(np.median([r["fps"] for r in v])) for k, v in runs.items()}
-    cap = cv2.VideoCapture(str(video))
-    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    cap.release()
-    seg = load(bundle, "cpu")
-    inp = seg.manifest.input
-    return {"bundle": bundle.name, "video": video.name, "frame_size": list(size), "frames": frames,
+    inp = read_manifest(bundle).input
+    return {"bundle": bundle.name, "video": video.name, "frame_size": list(clip.size), "frames": frames,
             "model_input": f"{inp.resize} {inp.size[0]}x{inp.size[1]}" if inp.size else f"{inp.resize} /{inp.stride}",
             "runs": runs, "sequential_fps": fps["sequential"], "pipelined_fps": fps["pipelined"],
             "speedup": fps["pipelined"] / fps["sequential"], "workers": runs["pipelined"][0]["workers"]}

@@ -27,20 +27,28 @@ ENV = "SEGRT_PREPOST"
 _active: ModuleType | None = None
 
 
+def _native() -> tuple[ModuleType | None, str]:
+    """The C++ extension, or None and why it would not import."""
+    try:
+        return importlib.import_module("segrt.runtime._native"), ""
+    except ImportError as exc:
+        return None, str(exc)
+
+
 def _load() -> ModuleType:
     wanted = os.environ.get(ENV, "").strip().lower()
     if wanted not in ("", "native", "reference"):
         raise BackendUnavailableError(f"{ENV} must be 'native' or 'reference'; got {wanted!r}")
     if wanted == "reference":
         return _reference
-    try:
-        return importlib.import_module("segrt.runtime._native")
-    except ImportError as exc:
-        if wanted == "native":
-            raise BackendUnavailableError(f"{ENV}=native but the C++ extension is not built ({exc}); reinstall "
-                                          "segrt with a C++17 compiler present, or unset it") from None
-        log.info("native pre/post-processing unavailable (%s); using the NumPy reference", exc)
-        return _reference
+    module, why = _native()
+    if module is not None:
+        return module
+    if wanted == "native":
+        raise BackendUnavailableError(f"{ENV}=native but the C++ extension is not built ({why}); reinstall "
+                                      "segrt with a C++17 compiler present, or unset it")
+    log.info("native pre/post-processing unavailable (%s); using the NumPy reference", why)
+    return _reference
 
 
 def impl() -> ModuleType:
@@ -57,11 +65,7 @@ def active() -> str:
 
 
 def native_available() -> bool:
-    try:
-        importlib.import_module("segrt.runtime._native")
-    except ImportError:
-        return False
-    return True
+    return _native()[0] is not None
 
 
 def use(name: str) -> None:
@@ -70,10 +74,10 @@ def use(name: str) -> None:
     if name == "reference":
         _active = _reference
     elif name == "native":
-        try:
-            _active = importlib.import_module("segrt.runtime._native")
-        except ImportError as exc:
-            raise BackendUnavailableError(f"the C++ extension is not built ({exc})") from None
+        module, why = _native()
+        if module is None:
+            raise BackendUnavailableError(f"the C++ extension is not built ({why})")
+        _active = module
     else:
         raise InvalidInputError(f"implementation must be 'native' or 'reference'; got {name!r}")
 

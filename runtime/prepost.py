@@ -177,10 +177,6 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int],
         masks = masks[:, 0]
     if masks.ndim != 3 or boxes.shape != (len(masks), 4):
         raise InvalidInputError(f"expected (N, M, M) masks and (N, 4) boxes; got {masks.shape} and {boxes.shape}")
-    H, W = image_hw
-    out = np.zeros((len(masks), H, W), bool)
-    if len(masks) == 0:
-        return out
     m = masks.shape[-1]
     scale = (m + 2) / m
     half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale

@@ -65,12 +65,6 @@ def upscale_taps(low_res_hw: tuple[int, int], input_hw: tuple[int, int], origina
     return chain(sh, image_size, 0, ih, oh), chain(sw, image_size, 0, iw, ow)
 
 
-def upscale_logits(low_res: np.ndarray, input_hw: tuple[int, int], original_hw: tuple[int, int],
-                   image_size: int) -> np.ndarray:
-    """(K, S, S) low-resolution logits to (K, H, W) float32 logits at the original size."""
-    return kernels.upsample(low_res, *upscale_taps(low_res.shape[1:], input_hw, original_hw, image_size))
-
-
 @dataclass(frozen=True)
 class Embedding:
     features: np.ndarray  # (1, C, h, w) float32

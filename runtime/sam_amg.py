@@ -228,9 +228,10 @@ class SamAutomaticMaskGenerator:
         pts = np.repeat(points, 3, axis=0)
         keep = np.flatnonzero(iou > self.pred_iou_thresh) if self.pred_iou_thresh > 0 else np.arange(len(iou))
         thr, off = p.spec.mask_threshold, self.stability_score_offset
+        taps = self._taps(low_res)
         for s in range(0, len(keep), UPSCALE_CHUNK):
             idx = keep[s : s + UPSCALE_CHUNK]
-            masks, counts = kernels.upsample_threshold(low_res[idx], *self._taps(low_res), thr, off, counts=True)
+            masks, counts = kernels.upsample_threshold(low_res[idx], *taps, thr, off, counts=True)
             with np.errstate(divide="ignore", invalid="ignore"):
                 stability = (counts[:, 0] / counts[:, 1]).astype(np.float32)
             ok = stability >= self.stability_score_thresh if self.stability_score_thresh > 0 else np.ones(len(idx), bool)

@@ -546,10 +546,7 @@ class Stream:
                     yield ready.frame, ready.result
             if self._errors:
                 raise self._errors[0]
-        except GeneratorExit:
-            self.report.complete = False
-            raise
-        except BaseException:
+        except BaseException:  # the consumer left (GeneratorExit), Ctrl-C, or a stage failed
             self.report.complete = False
             raise
         finally:
@@ -580,10 +577,6 @@ class Stream:
         elif not self._stop.is_set():
             self.report.complete = False
             self._finish(time.perf_counter())
-
-    @property
-    def alive_threads(self) -> list[str]:
-        return [t.name for t in self._threads if t.is_alive()]
 
     def __enter__(self) -> Stream:
         return self
