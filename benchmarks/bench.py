@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segrt.runtime.errors import InvalidInputError
+from segrt.runtime.errors import BackendUnavailableError, InvalidInputError
 from segrt.runtime.manifest import read_manifest
 from segrt.runtime.semantic import Segmenter
 
@@ -38,12 +38,21 @@ class BenchConfig:
     iters: int = 20
     threads: int = os.cpu_count() or 1
     baseline: bool = True
+    device: str = "auto"  # segrt's device (backends.DEVICES); PyTorch runs on "cuda" for cuda/tensorrt
+    batch: int = 1
+    compile: bool = False  # also time torch.compile(model), where it works
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iters < 1:
             raise InvalidInputError(f"need --warmup >= 0 and --iters >= 1; got {self.warmup}, {self.iters}")
         if self.threads < 1:
             raise InvalidInputError(f"--threads must be >= 1; got {self.threads}")
+        if self.batch < 1:
+            raise InvalidInputError(f"--batch values must be >= 1; got {self.batch}")
+
+    @property
+    def torch_device(self) -> str:
+        return "cuda" if self.device in ("cuda", "tensorrt") else "cpu"
 
 
 def cache_dir() -> Path:
@@ -82,9 +91,33 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _gpu_used_bytes() -> Callable[[], int] | None:
+    """This process's device memory on GPU 0 through NVML (nvidia-ml-py), or None where there is none. It
+    counts what ONNX Runtime's and PyTorch's allocators reserved, as nvidia-smi shows it."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    except Exception:  # no module, no driver, no GPU: all mean "not measured"  # noqa: BLE001
+        return None
+    pid = os.getpid()
+
+    def used() -> int:
+        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        return sum(p.usedGpuMemory or 0 for p in procs if p.pid == pid)
+
+    return used
+
+
 class PeakRss:
     """Peak resident memory of this process while the block runs, sampled every 5 ms (on Linux; elsewhere
-    the process's lifetime peak). ``record()``: MB before, peak, and the difference (what the block added)."""
+    the process's lifetime peak), and with ``gpu=True`` its peak device memory (NVML, every 5 ms).
+    ``record()``: MB before, peak, and the difference (what the block added)."""
+
+    def __init__(self, gpu: bool = False) -> None:
+        self._gpu = _gpu_used_bytes() if gpu else None
+        self.gpu_before = self.gpu_peak = self._gpu() if self._gpu else 0
 
     def __enter__(self) -> PeakRss:
         import threading
@@ -98,6 +131,8 @@ class PeakRss:
     def _sample(self) -> None:
         while not self._stop.wait(0.005):
             self.peak = max(self.peak, _rss_bytes())
+            if self._gpu:
+                self.gpu_peak = max(self.gpu_peak, self._gpu())
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -106,8 +141,11 @@ class PeakRss:
 
     def record(self) -> dict[str, float]:
         mb = 1024 * 1024
-        return {"rss_before_mb": self.before / mb, "peak_rss_mb": self.peak / mb,
-                "peak_delta_mb": (self.peak - self.before) / mb}
+        out = {"rss_before_mb": self.before / mb, "peak_rss_mb": self.peak / mb,
+               "peak_delta_mb": (self.peak - self.before) / mb}
+        if self._gpu:
+            out |= {"device_before_mb": self.gpu_before / mb, "device_peak_mb": self.gpu_peak / mb}
+        return out
 
 
 def ensure_bundle(arch: str, encoder: str, classes: int) -> Path:
@@ -132,28 +170,45 @@ def cold_start(make: Callable[[], Any], image: np.ndarray) -> tuple[Any, float, 
     return model, load_ms, (time.perf_counter() - t0) * 1e3
 
 
+def _batch(images: list[np.ndarray], i: int, n: int) -> list[np.ndarray]:
+    return [images[(i * n + k) % len(images)] for k in range(n)]
+
+
 def bench_segrt(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
-    with PeakRss() as mem:  # load, first inference and the timed loop: what the model costs in memory
-        seg, load_ms, first_ms = cold_start(lambda: Segmenter(bundle, "auto", threads=cfg.threads), images[0])
+    """segrt's stages for a batch of ``cfg.batch`` photos (one model call), on ``cfg.device``."""
+    with PeakRss(gpu=cfg.torch_device == "cuda") as mem:  # load, first inference and the timed loop
+        seg, load_ms, first_ms = cold_start(lambda: Segmenter(bundle, cfg.device, threads=cfg.threads), images[0])
+        if seg.max_batch is not None and cfg.batch > seg.max_batch:
+            raise InvalidInputError(f"{bundle} has a fixed batch of {seg.max_batch}; cannot time batch {cfg.batch}")
 
         def one(i: int) -> dict[str, float]:
             t0 = time.perf_counter()
-            arr = seg.prepare(images[i % len(images)], "rgb")
-            tensor, frames = seg.preprocess([arr])
+            arrs = [seg.prepare(im, "rgb") for im in _batch(images, i, cfg.batch)]
+            tensor, frames = seg.preprocess(arrs)
             t1 = time.perf_counter()
             scores = seg.infer(tensor)
             t2 = time.perf_counter()
-            seg.postprocess(scores[0], frames[0])
+            for k, frame in enumerate(frames):
+                seg.postprocess(scores[k], frame)
             t3 = time.perf_counter()
             return {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "e2e": (t3 - t0) * 1e3}
 
         stages = _timed(one, cfg)
     return {"backend": seg.runner.name, "load_ms": load_ms, "first_inference_ms": first_ms, "stages": stages,
-            "memory": mem.record()}
+            "images_per_s": cfg.batch * stages["e2e"]["fps"], "memory": mem.record()}
 
 
-def bench_torch(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
-    """PyTorch eager on the same photos: the same pad/normalise/argmax pipeline, written in torch."""
+def _torch_device(cfg: BenchConfig) -> Any:
+    import torch
+
+    if cfg.torch_device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError("PyTorch has no CUDA device here")
+    return torch.device(cfg.torch_device)
+
+
+def bench_torch(bundle: Path, images: list[np.ndarray], cfg: BenchConfig, compiled: bool = False) -> dict[str, Any]:
+    """PyTorch on the same photos: the same pad/normalise/argmax pipeline, written in torch; eager, or
+    ``torch.compile``d (its compile time is reported as its first inference)."""
     import torch
     import torch.nn.functional as F
 
@@ -161,46 +216,132 @@ def bench_torch(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dic
     from segrt.export.models import get_spec
     from segrt.export.spec import ExportConfig
 
+    device = _torch_device(cfg)
     m = read_manifest(bundle)
     spec = get_spec(m.architecture)
     model, _ = build_module(spec, ExportConfig(architecture=m.architecture, encoder=m.encoder or spec.default_encoder,
                                                 classes=m.num_classes, in_channels=m.input.channels))
+    model = model.to(device)
     torch.set_num_threads(cfg.threads)
-    mean = torch.tensor(m.input.mean).view(1, -1, 1, 1)
-    std = torch.tensor(m.input.std).view(1, -1, 1, 1)
+    mean = torch.tensor(m.input.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(m.input.std, device=device).view(1, -1, 1, 1)
     stride = m.input.stride
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    net = torch.compile(model) if compiled else model
 
     def one(i: int) -> dict[str, float]:
-        image = images[i % len(images)]
+        batch = _batch(images, i, cfg.batch)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div_(255.0).sub_(mean).div_(std)
-            h, w = image.shape[:2]
+            x = torch.from_numpy(np.stack(batch)).to(device).permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
+            h, w = batch[0].shape[:2]
             x = F.pad(x, (0, math.ceil(w / stride) * stride - w, 0, math.ceil(h / stride) * stride - h))
+            sync()
             t1 = time.perf_counter()
-            logits = model(x)
+            logits = net(x)
+            sync()
             t2 = time.perf_counter()
-            logits[0, :, :h, :w].argmax(0).to(torch.uint8).numpy()
+            logits[:, :, :h, :w].argmax(1).to(torch.uint8).cpu().numpy()
         t3 = time.perf_counter()
         return {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "e2e": (t3 - t0) * 1e3}
 
+    first_ms = None
+    if compiled:
+        t0 = time.perf_counter()
+        one(0)  # compiles (minutes on a small CPU); excluded from the percentiles like any warm-up
+        first_ms = (time.perf_counter() - t0) * 1e3
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     with PeakRss() as mem:
         stages = _timed(one, cfg)
-    return {"backend": f"torch-eager-{torch.__version__}", "stages": stages, "memory": mem.record()}
+    memory = mem.record()
+    if device.type == "cuda":
+        memory["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    kind = "compile" if compiled else "eager"
+    return {"backend": f"torch-{kind}-{torch.__version__}-{device.type}", "stages": stages,
+            "images_per_s": cfg.batch * stages["e2e"]["fps"], "memory": memory,
+            **({"first_inference_ms": first_ms} if compiled else {})}
 
 
-def bench_model(bundle: Path, cfg: BenchConfig) -> dict[str, Any]:
+def _baseline(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A PyTorch side that cannot run here (no CUDA, torch.compile failing) is a row note, not a crash."""
+    try:
+        return fn()
+    except BackendUnavailableError as exc:
+        return {"skipped": str(exc)}
+    except Exception as exc:  # torch.compile/inductor raise many types; "where it works"  # noqa: BLE001
+        return {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
+
+
+def bench_model(bundle: Path, cfg: BenchConfig, torch_cache: dict[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One row: ``bundle`` on ``cfg.device`` at ``cfg.size`` x ``cfg.batch``, and PyTorch on the same inputs
+    (eager, and compiled with ``cfg.compile``). ``torch_cache`` shares PyTorch's figures between rows that
+    differ only in segrt's precision (the ratio is always against PyTorch FP32)."""
     m = read_manifest(bundle)
     images = photos(cfg.size)
     row: dict[str, Any] = {
-        "model": f"{m.architecture}/{m.encoder}", "bundle": str(bundle), "precision": m.precision,
-        "size": list(cfg.size), "batch": 1, "weights": "trained" if m.source.get("trained") else "seeded (untrained)",
-        "segrt": bench_segrt(bundle, images, cfg),
+        "model": f"{m.architecture}/{m.encoder}", "bundle": str(bundle), "precision": m.precision, "task": m.task,
+        "device": cfg.device, "size": list(cfg.size), "batch": cfg.batch,
+        "weights": "trained" if m.source.get("trained") else "seeded (untrained)",
     }
+    try:
+        row["segrt"] = bench_segrt(bundle, images, cfg)
+    except BackendUnavailableError as exc:
+        return row | {"skipped": str(exc)}
+    if m.quantization.get("gate"):
+        g = m.quantization["gate"]
+        row["gate"] = {"metric": g["metric"], "score": g["score"], "images": g["images"]}
     seg_e2e = row["segrt"]["stages"]["e2e"]["p50"]
     st = row["segrt"]["stages"]
     row["prepost_share"] = (st["pre"]["p50"] + st["post"]["p50"]) / seg_e2e
     if cfg.baseline and m.architecture != "imported":
-        row["torch"] = bench_torch(bundle, images, cfg)
-        row["speedup_vs_torch"] = row["torch"]["stages"]["e2e"]["p50"] / seg_e2e
+        cache = torch_cache if torch_cache is not None else {}
+        sides = [("torch", False)] + ([("torch_compile", True)] if cfg.compile else [])
+        for key, compiled in sides:
+            ident = (m.architecture, m.encoder, m.num_classes, cfg.size, cfg.batch, cfg.torch_device, compiled)
+            if ident not in cache:
+                cache[ident] = _baseline(lambda c=compiled: bench_torch(bundle, images, cfg, c))  # type: ignore[misc]
+            row[key] = cache[ident]
+            if "stages" in row[key]:
+                row[f"speedup_vs_{key}"] = row[key]["stages"]["e2e"]["p50"] / seg_e2e
+        if "skipped" in row["torch"]:
+            row["torch_skipped"] = row.pop("torch")["skipped"]
     return row
+
+
+def precision_variant(bundle: Path, precision: str) -> Path:
+    """``bundle`` in ``precision``: itself when it already is, else a gated variant made once into the cache
+    (INT8 calibrated on scikit-image photos that the gate and the timing do not use). The gate reports,
+    never refuses, here: its numbers go into the row."""
+    from segrt.export.quantize import QuantizeConfig, quantize_bundle
+    from segrt.runtime.engine import sha256_file
+
+    m = read_manifest(bundle)
+    if m.precision == precision:
+        return bundle
+    if m.precision != "fp32":
+        raise InvalidInputError(f"{bundle} is {m.precision}; give its FP32 bundle to time other precisions")
+    out = cache_dir() / "variants" / f"{Path(bundle).name}-{sha256_file(Path(bundle) / m.model_file)[:12]}-{precision}"
+    if not (out / "segrt.json").is_file():
+        log.warning("making the %s variant of %s into %s (once)", precision, bundle, out)
+        calib = _calibration_photos() if precision == "int8" and m.task != "sam" else None
+        quantize_bundle(Path(bundle), out, QuantizeConfig(precision, calib=calib, samples=8, min_score=0.0), force=True)
+    return out
+
+
+CALIB_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "coins", "camera", "moon", "page")
+
+
+def _calibration_photos() -> Path:
+    import skimage.data
+
+    out = cache_dir() / "calib-skimage"
+    if not out.is_dir():
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name in CALIB_PHOTOS:
+            image = np.asarray(getattr(skimage.data, name)())
+            rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[:, :, ::-1]
+            cv2.imwrite(str(tmp / f"{name}.png"), rgb)
+        tmp.rename(out)
+    return out

@@ -52,8 +52,8 @@ def _torch_model(bundle: Path) -> Any:
 
 def bench_segrt_instance(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
     counts: list[int] = []
-    with PeakRss() as mem:
-        det, load_ms, first_ms = cold_start(lambda: InstanceSegmenter(bundle, "auto", threads=cfg.threads), images[0])
+    with PeakRss(gpu=cfg.torch_device == "cuda") as mem:
+        det, load_ms, first_ms = cold_start(lambda: InstanceSegmenter(bundle, cfg.device, threads=cfg.threads), images[0])
 
         def one(i: int) -> dict[str, float]:
             t0 = time.perf_counter()
@@ -75,6 +75,11 @@ def bench_torch_instance(model: Any, images: list[np.ndarray], cfg: BenchConfig)
     """torchvision's own forward, stage by stage: transform, network, postprocess (paste)."""
     import torch
 
+    from .bench import _torch_device
+
+    device = _torch_device(cfg)
+    model = model.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.set_num_threads(cfg.threads)
     counts: list[int] = []
 
@@ -82,23 +87,28 @@ def bench_torch_instance(model: Any, images: list[np.ndarray], cfg: BenchConfig)
         image = images[i % len(images)]
         with torch.inference_mode():
             t0 = time.perf_counter()
-            x = [torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)]
+            x = [torch.from_numpy(image).to(device).permute(2, 0, 1).float().div_(255.0)]
             sizes = [tuple(t.shape[-2:]) for t in x]
             il, _ = model.transform(x)
+            sync()
             t1 = time.perf_counter()
             feats = model.backbone(il.tensors)
             props, _ = model.rpn(il, feats)
             dets, _ = model.roi_heads(feats, props, il.image_sizes)
+            sync()
             t2 = time.perf_counter()
             dets = model.transform.postprocess(dets, il.image_sizes, sizes)
-            (dets[0]["masks"] > 0.5).numpy()
+            (dets[0]["masks"] > 0.5).cpu().numpy()
             t3 = time.perf_counter()
         counts.append(len(dets[0]["scores"]))
         return {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "e2e": (t3 - t0) * 1e3}
 
     with PeakRss() as mem:
         stages = _timed(one, cfg)
-    return {"backend": f"torch-eager-{torch.__version__}", "stages": stages, "memory": mem.record(),
+    memory = mem.record()
+    if device.type == "cuda":
+        memory["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return {"backend": f"torch-eager-{torch.__version__}-{device.type}", "stages": stages, "memory": memory,
             "mean_detections": float(np.mean(counts))}
 
 
@@ -141,21 +151,42 @@ def bench_in_graph_paste(path: Path, images: list[np.ndarray], cfg: BenchConfig)
             "mean_detections": float(np.mean(counts))}
 
 
-def bench_instance(bundle: Path, cfg: BenchConfig, in_graph_paste: bool = True) -> dict[str, Any]:
+def bench_instance(bundle: Path, cfg: BenchConfig, in_graph_paste: bool = True,
+                   torch_cache: dict[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One row: the bundle on ``cfg.device``, torchvision eager on the same photos (shared through
+    ``torch_cache`` between precisions), and on the CPU the naive in-graph-paste export."""
+    from segrt.runtime.errors import BackendUnavailableError
+
+    from .bench import _baseline
+
     m = read_manifest(bundle)
     images = photos(cfg.size)
     row: dict[str, Any] = {
         "model": f"{m.architecture}/{m.encoder}", "bundle": str(bundle), "precision": m.precision, "task": "instance",
-        "size": list(cfg.size), "batch": 1, "weights": "trained" if m.source.get("trained") else "seeded (untrained)",
-        "segrt": bench_segrt_instance(bundle, images, cfg),
+        "device": cfg.device, "size": list(cfg.size), "batch": 1,
+        "weights": "trained" if m.source.get("trained") else "seeded (untrained)",
     }
+    try:
+        row["segrt"] = bench_segrt_instance(bundle, images, cfg)
+    except BackendUnavailableError as exc:
+        return row | {"skipped": str(exc)}
+    if m.quantization.get("gate"):
+        g = m.quantization["gate"]
+        row["gate"] = {"metric": g["metric"], "score": g["score"], "images": g["images"]}
     st = row["segrt"]["stages"]
     row["prepost_share"] = (st["pre"]["p50"] + st["post"]["p50"]) / st["e2e"]["p50"]
     if cfg.baseline:
         model = _torch_model(bundle)
-        row["torch"] = bench_torch_instance(model, images, cfg)
-        row["speedup_vs_torch"] = row["torch"]["stages"]["e2e"]["p50"] / st["e2e"]["p50"]
-        if in_graph_paste:
+        cache = torch_cache if torch_cache is not None else {}
+        ident = ("maskrcnn", m.encoder, m.num_classes, m.input.min_size, m.input.max_size, cfg.size, cfg.torch_device)
+        if ident not in cache:
+            cache[ident] = _baseline(lambda: bench_torch_instance(model, images, cfg))
+        if "stages" in cache[ident]:
+            row["torch"] = cache[ident]
+            row["speedup_vs_torch"] = row["torch"]["stages"]["e2e"]["p50"] / st["e2e"]["p50"]
+        else:
+            row["torch_skipped"] = cache[ident]["skipped"]
+        if in_graph_paste and cfg.torch_device == "cpu":
             path = bundle / "in_graph_paste.onnx"
             export_in_graph_paste(model, path)
             row["in_graph_paste"] = bench_in_graph_paste(path, images, cfg)

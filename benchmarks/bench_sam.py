@@ -26,6 +26,7 @@ log = logging.getLogger("segrt")
 SAM_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # native sizes: 512x512 to 427x640
 GOAL_ENCODER = 2.0
 GOAL_AMG = 3.0
+QUICK_SAM_POINTS = 8  # --quick: an 8x8 grid (64 prompts, one decoder batch) for the generator row
 
 
 def ensure_sam_bundle(variant: str, seed: int = 0) -> Path:
@@ -59,7 +60,7 @@ def _ratio(torch_ms: dict[str, float], ours_ms: dict[str, float]) -> float:
     return torch_ms["p50"] / ours_ms["p50"]
 
 
-def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32) -> dict[str, Any]:
+def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:
     import torch
     from segment_anything import SamAutomaticMaskGenerator as TorchGenerator
     from segment_anything import SamPredictor as TorchPredictor
@@ -69,7 +70,7 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32) -> dict[str,
     model, _ = build(variant, None, seed=0)
     torch.set_num_threads(cfg.threads)
     images = _photos()
-    ours = SamPredictor(bundle, "auto", threads=cfg.threads, cache_bytes=0)
+    ours = SamPredictor(bundle, cfg.device, threads=cfg.threads, cache_bytes=0)
     theirs = TorchPredictor(model)
     enc_iters, warm = max(2, cfg.iters // 5), min(cfg.warmup, 1)
     row: dict[str, Any] = {"model": f"sam/{variant}", "bundle": str(bundle), "weights": "seeded (untrained)",
@@ -85,6 +86,20 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32) -> dict[str,
                           "torch": _time(lambda i: theirs.set_image(images[i % len(images)]), warm, enc_iters)}
         row["encoder"]["segrt_preprocess_ms"] = float(np.median(pre))
         row["encoder"]["speedup"] = _ratio(row["encoder"]["torch"], row["encoder"]["segrt"])
+        for precision in [p for p in precisions if p != "fp32"]:
+            from segrt.runtime.manifest import read_manifest
+
+            from .bench import precision_variant
+
+            vb = precision_variant(bundle, precision)
+            other = SamPredictor(vb, cfg.device, threads=cfg.threads, cache_bytes=0)
+            timing = _time(lambda i, o=other: o.set_image(images[i % len(images)]), warm, enc_iters)
+            gate = read_manifest(vb).quantization["gate"]
+            row.setdefault("encoder_variants", {})[precision] = {
+                "segrt": timing, "speedup": _ratio(row["encoder"]["torch"], timing), "bundle": str(vb),
+                "method": read_manifest(vb).quantization["graphs"]["encoder.onnx"].get("method", "static"),
+                "gate": {"metric": gate["metric"], "score": gate["score"], "images": gate["images"]}}
+            del other
 
         image = images[0]
         ours.set_image(image)
@@ -118,15 +133,16 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32) -> dict[str,
     return row
 
 
-def markdown_sam(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    lines = [f"SAM on {m.get('cpu', '?')} ({result['config']['threads']} threads), {m.get('date', '')}; "
-             "seeded weights, same weights and photos for both", "",
-             "| model | stage | segrt p50 ms | segment-anything p50 ms | speedup | goal |", "|---|---|---|---|---|---|"]
-    for row in result["results"]:
+def markdown_sam_rows(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | stage | segrt p50 ms | segment-anything p50 ms | speedup | goal |", "|---|---|---|---|---|---|"]
+    for row in rows:
         enc = row["encoder"]
         lines.append(f"| {row['model']} | encoder (set_image) | {enc['segrt']['p50']:.0f} | {enc['torch']['p50']:.0f} | "
                      f"{enc['speedup']:.2f}x | {GOAL_ENCODER}x: {'met' if enc['speedup'] >= GOAL_ENCODER else 'NOT met'} |")
+        for precision, v in row.get("encoder_variants", {}).items():
+            lines.append(f"| {row['model']} | encoder {precision} ({v['method']}; {v['gate']['metric']} "
+                         f"{v['gate']['score']:.3f} vs fp32) | {v['segrt']['p50']:.0f} | {enc['torch']['p50']:.0f} | "
+                         f"{v['speedup']:.2f}x | {GOAL_ENCODER}x: {'met' if v['speedup'] >= GOAL_ENCODER else 'NOT met'} |")
         for key, what in (("decoder_1", "decoder, 1 prompt"), ("decoder_64", "decoder, 64 prompts")):
             d = row[key]
             lines.append(f"| {row['model']} | {what} | {d['segrt']['p50']:.1f} | {d['torch']['p50']:.1f} | "
@@ -135,4 +151,11 @@ def markdown_sam(result: dict[str, Any]) -> str:
         lines.append(f"| {row['model']} | automatic masks ({a['points_per_side']}² points; {a['masks_segrt']} vs "
                      f"{a['masks_torch']} masks) | {a['segrt_ms']:.0f} | {a['torch_ms']:.0f} | {a['speedup']:.2f}x | "
                      f"{GOAL_AMG}x: {'met' if a['speedup'] >= GOAL_AMG else 'NOT met'} |")
+    return lines
+
+
+def markdown_sam(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"SAM on {m.get('cpu', '?')} ({result['config']['threads']} threads), {m.get('date', '')}; "
+             "seeded weights, same weights and photos for both", "", *markdown_sam_rows(result["results"])]
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 from segrt.runtime.cli import size_arg
 from segrt.runtime.errors import InvalidInputError
 from segrt.runtime.manifest import read_manifest, write_json_atomic, write_text_atomic
+
+log = logging.getLogger("segrt")
 
 
 def _goal(ok: bool) -> str:
@@ -26,21 +29,38 @@ def markdown(result: dict[str, Any]) -> str:
         f"onnxruntime {m['onnxruntime']}, torch {m['torch']}, segrt {m['segrt']} ({m['commit']}). "
         "Latencies in ms, p50 (p90 / p99); weights as noted.",
         "",
-        "| model | size | weights | backend | pre | infer | post | end to end | fps | PyTorch e2e | speedup | pre+post share "
-        "| peak RSS +MB (segrt / PyTorch) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | precision | size | batch | weights | backend | pre | infer | post | end to end | images/s | PyTorch e2e "
+        "| speedup | pre+post share | peak RSS +MB (segrt / PyTorch) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for r in result["results"]:
+        head = f"| {r['model']} | {r['precision']} | {r['size'][0]}x{r['size'][1]} | {r.get('batch', 1)} | {r['weights']} "
+        if "skipped" in r:
+            lines.append(head + f"| {r['device']}: skipped | | | | | | | | | |")
+            notes.append(f"{r['model']} on {r['device']}: {r['skipped']}")
+            continue
+        if "torch_skipped" in r:
+            notes.append(f"{r['model']}: PyTorch baseline on {r['device']} skipped: {r['torch_skipped']}")
+        if "gate" in r:
+            notes.append(f"{r['model']} {r['precision']}: accuracy vs FP32 {r['gate']['metric']} {r['gate']['score']:.4f} "
+                         f"on {r['gate']['images']} images")
         s = r["segrt"]["stages"]
         cell = lambda k: f"{s[k]['p50']:.1f} ({s[k]['p90']:.1f} / {s[k]['p99']:.1f})"  # noqa: E731
         torch_e2e = f"{r['torch']['stages']['e2e']['p50']:.1f}" if "torch" in r else "-"
-        speed = f"{r['speedup_vs_torch']:.2f}x ({_goal(r['speedup_vs_torch'] >= GOAL_SPEEDUP)})" if "torch" in r else "-"
+        goal = (f" ({_goal(r['speedup_vs_torch'] >= GOAL_SPEEDUP)})"
+                if "torch" in r and r["precision"] == "fp32" and r.get("batch", 1) == 1 else "")
+        speed = f"{r['speedup_vs_torch']:.2f}x{goal}" if "torch" in r else "-"
         share = f"{r['prepost_share']:.1%} ({_goal(r['prepost_share'] < GOAL_PREPOST_SHARE)})"
         lines.append(
-            f"| {r['model']} | {r['size'][0]}x{r['size'][1]} | {r['weights']} | {r['segrt']['backend']} | {cell('pre')} | "
-            f"{cell('infer')} | {cell('post')} | {cell('e2e')} | {s['e2e']['fps']:.1f} | {torch_e2e} | {speed} | {share} | "
-            f"{_mem(r)} |"
+            head + f"| {r['segrt']['backend']} | {cell('pre')} | {cell('infer')} | {cell('post')} | {cell('e2e')} | "
+            f"{r['segrt'].get('images_per_s', s['e2e']['fps']):.1f} | {torch_e2e} | {speed} | {share} | {_mem(r)} |"
         )
+        if "torch_compile" in r:
+            c = r["torch_compile"]
+            notes.append(f"{r['model']} {r['size'][0]}x{r['size'][1]} batch {r['batch']}: torch.compile " + (
+                f"e2e p50 {c['stages']['e2e']['p50']:.1f} ms (compile + first call {c['first_inference_ms'] / 1e3:.0f} s); "
+                f"segrt {r['speedup_vs_torch_compile']:.2f}x faster" if "stages" in c else f"skipped: {c['skipped']}"))
     for r in result["results"]:
         if "in_graph_paste" in r:
             lines.append(
@@ -50,6 +70,12 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{r['segrt']['mean_detections']:.1f}, PyTorch {r['torch']['mean_detections']:.1f}, "
                 f"in-graph {r['in_graph_paste']['mean_detections']:.1f}."
             )
+    if notes:
+        lines += ["", *(f"- {n}" for n in dict.fromkeys(notes))]
+    if result.get("sam"):
+        from .bench_sam import markdown_sam_rows
+
+        lines += ["", *markdown_sam_rows(result["sam"])]
     lines += ["", f"Goals: end to end at least {GOAL_SPEEDUP}x faster than PyTorch eager; pre+post under "
               f"{GOAL_PREPOST_SHARE:.0%} of end to end. Cold start (load, first inference) is in the JSON."]
     return "\n".join(lines) + "\n"
@@ -66,7 +92,8 @@ def _load_result(path: Path) -> dict[str, Any]:
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        rows = {(r["model"], r["precision"], tuple(r["size"]), r["segrt"]["backend"]): r for r in data["results"]}
+        rows = {(r["model"], r["precision"], tuple(r["size"]), r["segrt"]["backend"], r.get("batch", 1)): r
+                for r in data["results"] if "segrt" in r}
     except FileNotFoundError:
         raise InvalidInputError(f"benchmark result {str(path)!r} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -77,16 +104,16 @@ def _load_result(path: Path) -> dict[str, Any]:
 def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
     """The before/after view: p50 per stage of each model both files hold, and after/before ratios
     (below 1.0 is faster)."""
-    lines = ["| model | precision | size | backend | stage | before p50 (ms) | after p50 (ms) | after / before |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | precision | size | batch | backend | stage | before p50 (ms) | after p50 (ms) | after / before |",
+             "|---|---|---|---|---|---|---|---|---|"]
     common = [k for k in before["rows"] if k in after["rows"]]
     if not common:
-        raise InvalidInputError("the two results share no (model, precision, size, backend) row to compare")
+        raise InvalidInputError("the two results share no (model, precision, size, backend, batch) row to compare")
     for key in common:
         b, a = before["rows"][key]["segrt"]["stages"], after["rows"][key]["segrt"]["stages"]
         for stage in ("pre", "infer", "post", "e2e"):
             if stage in b and stage in a:
-                lines.append(f"| {key[0]} | {key[1]} | {key[2][0]}x{key[2][1]} | {key[3]} | {stage} | "
+                lines.append(f"| {key[0]} | {key[1]} | {key[2][0]}x{key[2][1]} | {key[4]} | {key[3]} | {stage} | "
                              f"{b[stage]['p50']:.1f} | {a[stage]['p50']:.1f} | {a[stage]['p50'] / b[stage]['p50']:.3f} |")
     only = sorted({k[0] for k in before["rows"]} ^ {k[0] for k in after["rows"]})
     for name, res in (("before", before), ("after", after)):
@@ -106,12 +133,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(compare(_load_result(args.compare[0]), _load_result(args.compare[1])))
         return 0
 
-    from .bench import QUICK_MODELS, BenchConfig, bench_model, ensure_bundle
+    from .bench import QUICK_MODELS, BenchConfig, bench_model, ensure_bundle, precision_variant
     from .bench_instance import bench_instance, ensure_instance_bundle
     from .machine import describe
 
-    cfg = BenchConfig(size=args.size, warmup=args.warmup, iters=args.iters, threads=args.threads,
-                      baseline=args.baseline == "torch")
+    sizes = args.size or [(512, 512)]
+    cfg = BenchConfig(size=sizes[0], warmup=args.warmup, iters=args.iters, threads=args.threads,
+                      baseline="torch" in args.baseline, compile="compile" in args.baseline, device=args.device[0])
     if args.sam:
         return _bench_sam(args, cfg)
     if args.precisions:
@@ -125,21 +153,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
     bundles = list(args.bundles) or [ensure_bundle(*m) for m in QUICK_MODELS]
     if args.quick and not args.bundles:
         bundles.append(ensure_instance_bundle())
-    results = []
-    for bundle in tqdm(bundles, unit="model", file=sys.stderr):
-        if read_manifest(bundle).task == "instance":
+    # every bundle x device x precision x size x batch; PyTorch once per model x device x size x batch
+    plan = [(b, d, p, z, n) for b in bundles for d in args.device for p in args.precision for z in sizes
+            for n in args.batch]
+    results, torch_cache = [], {}
+    for bundle, device, precision, size, batch in tqdm(plan, unit="row", file=sys.stderr):
+        rcfg = replace(cfg, device=device, size=size, batch=batch)
+        variant = precision_variant(Path(bundle), precision)
+        if read_manifest(variant).task == "instance":
+            if batch != 1:
+                continue  # one image per call: Mask R-CNN's graph takes a single image
             # seconds per image on a small CPU: fewer iterations, same warm-up rule
-            icfg = replace(cfg, iters=max(3, cfg.iters // 4), warmup=min(cfg.warmup, 1))
-            results.append(bench_instance(Path(bundle), icfg))
+            icfg = replace(rcfg, iters=max(3, cfg.iters // 4), warmup=min(cfg.warmup, 1))
+            results.append(bench_instance(variant, icfg, in_graph_paste=precision == "fp32" and device != "tensorrt",
+                                          torch_cache=torch_cache))
         else:
-            results.append(bench_model(Path(bundle), cfg))
-    result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
-              "results": results}
+            results.append(bench_model(variant, rcfg, torch_cache))
+    result = {"schema": 2, "machine": describe(cfg.threads), "config": _config(cfg, args, sizes), "results": results}
+    if args.quick and not args.bundles and not args.no_sam:
+        from .bench_sam import QUICK_SAM_POINTS, bench_sam
+
+        log.warning("timing SAM vit_b (seeded) encoder and decoder against segment-anything")
+        result["sam"] = [bench_sam("vit_b", replace(cfg, device=args.device[0]), QUICK_SAM_POINTS)]
     if args.plot:
         from .plot import plot_results
 
         plot_results(result, args.plot)
     return _emit(args, result, markdown(result))
+
+
+def _config(cfg: Any, args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict[str, Any]:
+    return {"warmup": cfg.warmup, "iters": cfg.iters, "threads": cfg.threads, "baseline": args.baseline,
+            "devices": args.device, "precisions": args.precision, "sizes": [list(z) for z in sizes],
+            "batches": args.batch, "size": list(cfg.size)}
 
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], table: str) -> int:
@@ -161,7 +207,7 @@ def _bench_sam(args: argparse.Namespace, cfg: Any) -> int:
     if args.amg_points < 1:
         raise InvalidInputError(f"--amg-points must be >= 1; got {args.amg_points}")
     result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
-              "results": [bench_sam(variant, cfg, args.amg_points) for variant in args.sam]}
+              "results": [bench_sam(variant, cfg, args.amg_points, tuple(args.precision)) for variant in args.sam]}
     return _emit(args, result, markdown_sam(result))
 
 
@@ -219,11 +265,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency per stage against PyTorch eager (needs segrt[export] for --quick)")
     p.add_argument("bundles", nargs="*", type=Path, help="bundles to time (default with --quick: U-Net, DeepLabV3+)")
     p.add_argument("--quick", action="store_true", help="export and time the default seeded models")
-    p.add_argument("--size", type=size_arg, default=(512, 512), help="HxW the real photos are resized to")
+    p.add_argument("--size", type=size_arg, nargs="+", help="HxW the real photos are resized to; several sweep (default 512x512)")
+    p.add_argument("--device", type=_devices, default=["auto"],
+                   help="comma-separated devices for segrt (auto, cpu, cuda, tensorrt); PyTorch runs on cuda for cuda/tensorrt. "
+                   "A device this machine lacks gives a row that says why")
+    p.add_argument("--precision", type=_precisions, default=["fp32"],
+                   help="comma-separated fp32,fp16,int8: variants of each FP32 bundle, made once (gated) into the cache")
+    p.add_argument("--batch", type=_batches, default=[1], help="comma-separated batch sizes (semantic bundles), e.g. 1,2,4")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both runtimes")
-    p.add_argument("--baseline", choices=("torch", "none"), default="torch")
+    p.add_argument("--baseline", type=_baselines, default=["torch"],
+                   help="comma-separated: torch (eager), compile (torch.compile too, where it works; minutes to compile), none")
+    p.add_argument("--no-sam", action="store_true", help="--quick without SAM vit_b (saves ~3 minutes)")
     p.add_argument("--json", type=Path, help="write the full result (schema in the README)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")
     p.add_argument("--plot", type=Path, help="write a PNG chart of latency by model (matplotlib)")
@@ -242,6 +296,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amg-points", type=int, default=32, help="--sam: automatic mask generation points per side")
     p.set_defaults(func=cmd_bench)
     register_eval(sub)
+
+
+def _csv(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    names = list(dict.fromkeys(d.strip() for d in text.split(",") if d.strip()))
+    bad = [d for d in names if d not in allowed]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{what} must be a comma-separated list of {', '.join(allowed)}; got {text!r}")
+    return names
+
+
+def _precisions(text: str) -> list[str]:
+    return _csv(text, ("fp32", "fp16", "int8"), "precisions")
+
+
+def _baselines(text: str) -> list[str]:
+    names = _csv(text, ("torch", "compile", "none"), "baselines")
+    if "none" in names and len(names) > 1:
+        raise argparse.ArgumentTypeError("--baseline none cannot be combined with others")
+    return ["torch", "compile"] if names == ["compile"] else names
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = list(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch sizes must be integers such as 1,2,4; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1; got {text!r}")
+    return values
 
 
 def _devices(text: str) -> list[str]:

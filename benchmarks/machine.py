@@ -38,6 +38,28 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _gpu() -> dict[str, object] | None:
+    """GPU 0's name, driver and memory (nvidia-smi), and the CUDA version PyTorch was built with; None
+    without an NVIDIA driver (this project's CI machines)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+    parts = [p.strip() for p in first.split(",")]
+    if len(parts) < 4:
+        return None
+    try:
+        import torch
+
+        cuda = torch.version.cuda
+    except ImportError:
+        cuda = None
+    return {"name": parts[0], "driver": parts[1], "memory": parts[2], "compute_capability": parts[3],
+            "torch_cuda": cuda}
+
+
 def describe(threads: int) -> dict[str, object]:
     import onnxruntime as ort
 
@@ -46,7 +68,7 @@ def describe(threads: int) -> dict[str, object]:
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "threads": threads,
-        "gpu": None,  # filled by GPU runs; none measured on this machine class
+        "gpu": _gpu(),
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
         "onnxruntime_providers": ort.get_available_providers(),

@@ -19,10 +19,12 @@ def plot_results(result: dict[str, Any], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise InvalidInputError("--plot needs matplotlib (pip install 'segrt[export]')") from None
-    rows = result["results"]
-    if not rows:
+    rows = [r for r in result["results"] if "segrt" in r]  # rows for a missing device have no figures
+    sam = [(f"{r['model']} {what}", r[key]["segrt"]["p50"], r[key]["torch"]["p50"])
+           for r in result.get("sam", []) for key, what in (("encoder", "encoder"), ("decoder_64", "decoder x64"))]
+    if not rows and not sam:
         raise InvalidInputError("no results to plot")
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.9 * len(rows)))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.9 * (len(rows) + len(sam))))
     labels, y = [], 0.0
     colours = {"pre": "#4c72b0", "infer": "#dd8452", "post": "#55a868"}
     for r in rows:
@@ -39,7 +41,15 @@ def plot_results(result: dict[str, Any], path: Path) -> None:
             ax.text(t, y + 0.4, f" {t:.0f} ms", va="center", fontsize=8)
             text += f" ({r['speedup_vs_torch']:.2f}x)"
         ax.text(left, y, f" {text}", va="center", fontsize=8)
-        labels.append((y + 0.2, f"{r['model']}\n{r['precision']} {r['size'][0]}x{r['size'][1]}"))
+        batch = f" x{r['batch']}" if r.get("batch", 1) != 1 else ""
+        labels.append((y + 0.2, f"{r['model']}\n{r['precision']} {r['size'][0]}x{r['size'][1]}{batch}"))
+        y += 1.0
+    for label, ours, theirs in sam:  # SAM: segrt's call against segment-anything's, p50
+        ax.barh(y, ours, color=colours["infer"], height=0.35)
+        ax.barh(y + 0.4, theirs, color="#8c8c8c", height=0.35)
+        ax.text(ours, y, f" {ours:.0f} ms ({theirs / ours:.2f}x)", va="center", fontsize=8)
+        ax.text(theirs, y + 0.4, f" {theirs:.0f} ms", va="center", fontsize=8)
+        labels.append((y + 0.2, label))
         y += 1.0
     ax.set_yticks([p for p, _ in labels], [t for _, t in labels], fontsize=8)
     ax.invert_yaxis()

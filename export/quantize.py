@@ -1,14 +1,15 @@
 """``segrt quantize``: FP16 and calibrated INT8 variants of a bundle, each behind an accuracy gate.
 
-FP16 uses onnxconverter-common with numerically sensitive ops kept in FP32 (LayerNorm, Softmax,
+FP16 uses ONNX Runtime's float16 converter (onnxruntime.transformers, the maintained fork of
+onnxconverter-common's) with numerically sensitive ops kept in FP32 (LayerNorm, Softmax,
 reductions, and for SAM's encoder the attention products). INT8 is onnxruntime.quantization's static
-QDQ quantization (per-channel symmetric int8 weights; uint8 activations for ONNX Runtime's CPU
+QDQ quantization (SAM's ViT encoder on the CPU: dynamic quantization, see ``to_int8_dynamic``) (per-channel symmetric int8 weights; uint8 activations for ONNX Runtime's CPU
 kernels, or symmetric int8 activations with ``target="tensorrt"``, the form TensorRT consumes as
 explicit quantization), calibrated on images put through exactly the runtime's preprocessing; the
 range table is cached beside the source bundle so a second build does not recalibrate. The variant is
 compared with the FP32 bundle on held-out images; the numbers go into its manifest, and a variant that
-loses more than the family's tolerance is refused (exit code 2, nothing written). Needs onnx,
-onnxruntime and onnxconverter-common; never torch.
+loses more than the family's tolerance is refused (exit code 2, nothing written). Needs onnx and onnxruntime;
+never torch.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ log = logging.getLogger("segrt")
 Target = Literal["fp16", "int8"]
 Calibrator = Literal["minmax", "entropy", "percentile"]
 Int8Target = Literal["cpu", "tensorrt"]
-#: Kept in FP32 by the FP16 conversion (onnxconverter-common's own list is added to these).
+#: Kept in FP32 by the FP16 conversion (the converter's own list is added to these).
 FP16_KEEP_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp",
                  "Log", "Erf", "CumSum", "NonMaxSuppression", "RoiAlign", "TopK")
 
@@ -60,8 +61,6 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("fp16", "int8"):
             raise InvalidInputError(f"--precision must be fp16 or int8; got {self.precision!r}")
-        if self.precision == "int8" and self.calib is None:
-            raise InvalidInputError("int8 needs --calib IMAGES_DIR|VIDEO (a few dozen images like the ones it will see)")
         if self.target not in ("cpu", "tensorrt"):
             raise InvalidInputError(f"--target must be cpu or tensorrt; got {self.target!r}")
         if self.calibrator not in ("minmax", "entropy", "percentile"):
@@ -83,25 +82,98 @@ def _attention_products(model: Any) -> list[str]:
             if n.op_type in ("MatMul", "Einsum") and "/attn/" in n.name and "/qkv/" not in n.name and "/proj/" not in n.name]
 
 
+def _all_nodes(graph: Any) -> Iterator[Any]:
+    """Every node, including those inside If/Loop branches (torchvision's batched NMS has them)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.g.node else []) + list(attr.graphs):
+                yield from _all_nodes(sub)
+
+
+def _instance_heads(model: Any) -> list[str]:
+    """Mask R-CNN: everything outside the backbone + FPN (RPN, RoI heads, the If branches). The backbone
+    is most of the compute; the heads do box arithmetic in image coordinates (up to 1333 px), where FP16's
+    11-bit mantissa moves a coordinate by up to half a pixel, and NMS/TopK on FP16 scores reorders ties."""
+    return [n.name for n in _all_nodes(model.graph) if n.name and not n.name.startswith("/backbone/")]
+
+
+def _repair_outer_scope_reads(model: Any) -> list[str]:
+    """The converter does not see that a subgraph (an If branch) reads a value of the outer graph: it casts
+    that value to FP16 for the outer consumers and the branch, kept FP32, then gets FP16 and ONNX Runtime
+    refuses the graph ("Tensor element type mismatch"). Point those reads back at the FP32 value."""
+    from onnx import TensorProto
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    repaired = []
+    for node in model.graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.g.node else []) + list(attr.graphs):
+                local = {o for n in _all_nodes(sub) for o in n.output} | {i.name for i in sub.initializer}
+                for inner in _all_nodes(sub):
+                    for k, name in enumerate(inner.input):
+                        cast = producer.get(name)
+                        if (name and name not in local and cast is not None and cast.op_type == "Cast"
+                                and any(a.name == "to" and a.i == TensorProto.FLOAT16 for a in cast.attribute)):
+                            inner.input[k] = cast.input[0]
+                            repaired.append(inner.name)
+    return repaired
+
+
+def _topological_sort(graph: Any) -> None:
+    """ONNX Runtime's converter appends the input Casts at the end of the node list; ONNX wants producers
+    first. A stable sort of the top-level graph (a node with branches also waits for what they read)."""
+    nodes = list(graph.node)
+    produced = {o for n in nodes for o in n.output}
+    reads = []
+    for node in nodes:
+        inner = [n for attr in node.attribute for sub in ([attr.g] if attr.g.node else []) + list(attr.graphs)
+                 for n in _all_nodes(sub)]
+        reads.append({i for i in list(node.input) + [i for n in inner for i in n.input] if i in produced}
+                     - {o for n in inner for o in n.output})
+    ready: set[str] = set()
+    ordered: list[Any] = []
+    pending = list(range(len(nodes)))
+    while pending:
+        now = [k for k in pending if reads[k] <= ready]
+        if not now:
+            raise ExportError("the FP16 graph has a cycle; report this with the bundle")
+        ordered += [nodes[k] for k in now]
+        ready |= {o for k in now for o in nodes[k].output}
+        taken = set(now)
+        pending = [k for k in pending if k not in taken]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def to_fp16(src: Path, dst: Path, cfg: QuantizeConfig, task: str) -> dict[str, Any]:
+    import warnings
+
     import onnx
-    from onnxconverter_common import float16
+    from onnxruntime.transformers import float16
 
     from .onnx_io import save_onnx
 
     model = onnx.load(str(src))
     ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_OPS) | set(cfg.extra_keep))
-    nodes = sorted(set(cfg.exclude) | (set(_attention_products(model)) if task == "sam" else set()))
+    family = {"sam": _attention_products, "instance": _instance_heads}.get(task)
+    nodes = sorted(set(cfg.exclude) | (set(family(model)) if family else set()))
     # The exporter's value_info annotations go first: with them the converter types the Cast after a
     # kept-FP32 node as float16 and ONNX Runtime refuses the graph (seen on U-Net's Resize and
     # DeepLab's ReduceMean); it re-infers them itself.
     del model.graph.value_info[:]
-    converted = float16.convert_float_to_float16(model, keep_io_types=not cfg.fp16_io, op_block_list=ops,
-                                                 node_block_list=nodes, disable_shape_infer=False)
+    with warnings.catch_warnings():  # one "will be truncated" warning per tiny weight
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(model, keep_io_types=not cfg.fp16_io, op_block_list=ops,
+                                                     node_block_list=nodes, disable_shape_infer=False)
+    repaired = _repair_outer_scope_reads(converted)
+    _topological_sort(converted.graph)
     if not cfg.fp16_io:
         _float_outputs(converted)
     save_onnx(converted, dst)
-    return {"kept_fp32_ops": ops, "kept_fp32_nodes": nodes, "io": "fp16" if cfg.fp16_io else "fp32"}
+    kept = nodes if task != "instance" else [f"{len(nodes)} nodes outside /backbone/ (RPN, RoI heads, NMS branches)"]
+    return {"converter": "onnxruntime.transformers.float16", "kept_fp32_ops": ops, "kept_fp32_nodes": kept,
+            "outer_scope_reads_repaired": len(repaired), "io": "fp16" if cfg.fp16_io else "fp32"}
 
 
 def _float_outputs(model: Any) -> None:
@@ -152,6 +224,47 @@ def _pre_process(src: Path, tmp: Path) -> Path:
         return src
 
 
+_FAMILY_NOTE = {"instance": "RPN, RoI heads and NMS branches outside /backbone/ kept float",
+                "sam": "attention products q@k and attn@v kept float"}
+
+
+def _int8_family_defaults(task: str, graph: Any) -> tuple[list[str], list[str] | None]:
+    """Nodes each family keeps in float, and the op types it quantizes (None: ONNX Runtime's default set).
+    Mask R-CNN: only the backbone + FPN (the heads' box arithmetic and score ordering are what INT8 breaks).
+    SAM's encoder (static route, target=tensorrt): Conv and the weight MatMuls; the attention products stay
+    float, as in FP16."""
+    if task == "instance":
+        return _instance_heads(graph), None
+    if task == "sam":
+        return _attention_products(graph), ["Conv", "MatMul", "Gemm"]
+    return [], None
+
+
+def to_int8_dynamic(src: Path, dst: Path, cfg: QuantizeConfig) -> dict[str, Any]:
+    """SAM's ViT encoder on the CPU: dynamic quantization (int8 per-channel weights of every MatMul/Gemm with
+    weights, activations quantized per run; the attention products stay float). ONNX Runtime's guidance for
+    transformers, and the static route cannot calibrate vit_b here: ONNX Runtime's calibration session needs
+    12-14 GB for one 1024x1024 sample and grows with each (OOM-killed at 24 GB with 4). Measured on vit_b:
+    encoder 4.7 s -> 2.7 s on 2 cores. TensorRT cannot run it (target=tensorrt takes the static QDQ route)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    prepared = _pre_process(src, dst.with_name(f".{dst.name}.pre.onnx"))
+    family = _attention_products(onnx.load(str(prepared), load_external_data=False))
+    try:
+        quantize_dynamic(str(prepared), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=sorted(set(cfg.exclude) | set(family)))
+    except (ValueError, RuntimeError, KeyError) as exc:  # onnxruntime.quantization raises untyped errors
+        raise ExportError(f"dynamic INT8 quantization failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        if prepared != src:
+            prepared.unlink(missing_ok=True)
+    return {"method": "dynamic", "target": cfg.target, "op_types_quantized": ["MatMul", "Gemm"],
+            "excluded_nodes": list(cfg.exclude) + [f"{len(family)} family defaults: {_FAMILY_NOTE['sam']}"],
+            "format": "MatMulInteger/DynamicQuantizeLinear, per-channel symmetric int8 weights, activations "
+                      "quantized at run time (ONNX Runtime CPU; no calibration)"}
+
+
 def to_int8(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest) -> dict[str, Any]:
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -160,7 +273,8 @@ def to_int8(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest
         quantize_static,
     )
 
-    assert cfg.calib is not None
+    if cfg.calib is None:
+        raise InvalidInputError("int8 needs --calib IMAGES_DIR|VIDEO (a few dozen images like the ones it will see)")
     names, images = load_images(cfg.calib, cfg.samples)
     cache = bundle / "calibration" / f"{Path(m.model_file).stem}-{_cache_key(src, cfg, names)}.json"
     cache.parent.mkdir(exist_ok=True)
@@ -168,20 +282,34 @@ def to_int8(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest
     log.info("%s calibration ranges %s", "reusing" if hit else "computing", cache)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibrator]
+    import onnx
+
     prepared = _pre_process(src, dst.with_name(f".{dst.name}.pre.onnx"))
     trt = cfg.target == "tensorrt"
-    quantize_static(
-        str(prepared), str(dst), None if hit else _Reader(calibration_feeds(bundle, m, images)),
-        quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(cfg.exclude), calibrate_method=method,
-        extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True}, calibration_cache_path=str(cache),
-    )
-    if prepared != src:
-        prepared.unlink(missing_ok=True)
+    family, op_types = _int8_family_defaults(m.task, onnx.load(str(prepared), load_external_data=False))
+    try:
+        quantize_static(
+            str(prepared), str(dst), None if hit else _Reader(calibration_feeds(bundle, m, images)),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+            op_types_to_quantize=op_types, nodes_to_exclude=sorted(set(cfg.exclude) | set(family)),
+            calibrate_method=method, calibration_cache_path=str(cache),
+            # Not "CalibMaxIntermediateOutputs": onnxruntime 1.32's MinMax collector drops the samples it
+            # holds at that limit without merging their ranges ("No data is collected." with 1).
+            extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True},
+        )
+    except (ValueError, RuntimeError, TypeError) as exc:  # onnxruntime.quantization raises untyped errors
+        hint = (" (entropy and percentile need tensors of one shape in every image; minmax does not)"
+                if cfg.calibrator != "minmax" and "inhomogeneous" in str(exc) else "")
+        raise ExportError(f"INT8 calibration ({cfg.calibrator}) failed: {str(exc).splitlines()[0]}{hint}") from None
+    finally:
+        if prepared != src:
+            prepared.unlink(missing_ok=True)
     return {"calibrator": cfg.calibrator, "samples": len(images), "calibration_images": names[:8] + (["..."] if len(names) > 8 else []),
             "calibration_cache": str(cache.relative_to(bundle)), "calibration_reused": hit,
-            "excluded_nodes": list(cfg.exclude), "target": cfg.target,
+            "excluded_nodes": list(cfg.exclude) + ([f"{len(family)} family defaults: {_FAMILY_NOTE[m.task]}"]
+                                                   if family else []),
+            "op_types_quantized": op_types or "ONNX Runtime's default set", "method": "static", "target": cfg.target,
             "format": "QDQ, per-channel symmetric int8 weights, " + ("symmetric int8 activations (TensorRT)" if trt
                                                                        else "asymmetric uint8 activations (ONNX Runtime CPU)")}
 
@@ -202,10 +330,12 @@ def quantize_bundle(bundle: Path, out: Path, cfg: QuantizeConfig, *, force: bool
         facts: dict[str, Any] = {}
         if cfg.precision == "fp16":
             facts[m.model_file] = to_fp16(bundle / m.model_file, tmp / m.model_file, cfg, m.task)
+        elif m.task == "sam" and cfg.target == "cpu":
+            facts[m.model_file] = to_int8_dynamic(bundle / m.model_file, tmp / m.model_file, cfg)
         else:
             facts[m.model_file] = to_int8(bundle / m.model_file, tmp / m.model_file, cfg, bundle, m)
         for f in model_files(m)[1:]:
-            # SAM's decoder stays FP32: it decides mask edges, and onnxconverter-common's FP16 pass leaves
+            # SAM's decoder stays FP32: it decides mask edges, and the FP16 converter leaves
             # a float/float16 Mul in it that ONNX Runtime refuses to load.
             shutil.copy2(bundle / f, tmp / f)
             facts[f] = {"kept": "fp32"}

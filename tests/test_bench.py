@@ -31,7 +31,7 @@ def test_bench_row_on_a_real_model(tmp_path) -> None:
     assert row["segrt"]["load_ms"] > 0 and "torch" not in row
     assert set(row["segrt"]["memory"]) == {"rss_before_mb", "peak_rss_mb", "peak_delta_mb"}
     table = markdown({"machine": describe(1), "results": [row]})
-    assert "| imported/None | 96x128 |" in table
+    assert "| imported/None | fp32 | 96x128 | 1 |" in table
     import cv2
 
     from segrt.benchmarks.plot import plot_results
@@ -61,7 +61,7 @@ def test_compare_two_recorded_results(capsys) -> None:
     a = {r["model"]: r for r in json.loads(after.read_text())["results"]}
     for model in b:
         ratio = a[model]["segrt"]["stages"]["e2e"]["p50"] / b[model]["segrt"]["stages"]["e2e"]["p50"]
-        assert f"| {model} | fp32 | 512x512 | onnxruntime-cpu | e2e |" in out and f"| {ratio:.3f} |" in out
+        assert f"| {model} | fp32 | 512x512 | 1 | onnxruntime-cpu | e2e |" in out and f"| {ratio:.3f} |" in out
     assert main(["bench", "--compare", str(before), str(results / "missing.json")]) == 2
 
 
@@ -80,3 +80,46 @@ def test_peak_memory_shows_a_model_loading_in_a_fresh_process(tmp_path) -> None:
     mem = json.loads(ran.stdout.splitlines()[-1])
     # Loading PP-OCR (4.7 MB of weights) and running it must show up in the sampled peak.
     assert mem["rss_before_mb"] > 20 and 2 < mem["peak_delta_mb"] < 500, mem
+
+
+def test_sweep_devices_precisions_sizes_batches_in_one_call(unet_trained, tmp_path, monkeypatch) -> None:
+    """One `segrt bench` call: every device x precision x size x batch gets a row; a device this machine
+    lacks gives a row that says why; variants are made (and gated) once; PyTorch is timed once per
+    size x batch and its ratio sits beside every segrt figure."""
+    import json
+
+    monkeypatch.setenv("SEGRT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sweep.json"
+    args = ["bench", str(unet_trained.bundle), "--device", "cpu,tensorrt", "--precision", "fp32,fp16", "--size", "64x64",
+            "96x128", "--batch", "1,2", "--warmup", "0", "--iters", "2", "--threads", "1", "--json", str(out),
+            "--markdown", str(tmp_path / "sweep.md")]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    rows = result["results"]
+    assert len(rows) == 16 and result["config"]["batches"] == [1, 2]
+    assert {(r["device"], r["precision"], tuple(r["size"]), r["batch"]) for r in rows} == {
+        (d, p, z, b) for d in ("cpu", "tensorrt") for p in ("fp32", "fp16") for z in ((64, 64), (96, 128)) for b in (1, 2)}
+    for r in rows:
+        if r["device"] == "tensorrt":  # no TensorRT on this machine class: said, not crashed
+            assert "segrt" not in r and "tensorrt" in r["skipped"]
+            continue
+        e2e = r["segrt"]["stages"]["e2e"]
+        assert r["speedup_vs_torch"] == pytest.approx(r["torch"]["stages"]["e2e"]["p50"] / e2e["p50"])
+        assert r["segrt"]["images_per_s"] == pytest.approx(r["batch"] * e2e["fps"])
+        assert (r["precision"] == "fp16") == ("gate" in r)
+    by_key = {(r["precision"], tuple(r["size"]), r["batch"]): r for r in rows if r["device"] == "cpu"}
+    for z in ((64, 64), (96, 128)):
+        for b in (1, 2):
+            assert by_key[("fp32", z, b)]["torch"] == by_key[("fp16", z, b)]["torch"]  # timed once, shared
+            assert by_key[("fp16", z, b)]["gate"]["score"] > 0.9
+    assert len(list((tmp_path / "cache" / "bench" / "variants").iterdir())) == 1  # fp16 made once
+    table = (tmp_path / "sweep.md").read_text()
+    assert "| tensorrt: skipped |" in table and "| fp16 | 96x128 | 2 |" in table
+
+
+def test_sweep_arguments_are_checked() -> None:
+    for bad in (["--batch", "0"], ["--batch", "a"], ["--precision", "int4"], ["--device", "tpu"],
+                ["--baseline", "none,torch"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", "--quick", *bad])
+        assert exc.value.code == 2

@@ -1,5 +1,5 @@
 """FP16 and INT8 variants: real conversions and calibrations through onnxruntime.quantization and
-onnxconverter-common, checked against the FP32 bundle by the runtime itself."""
+ONNX Runtime's float16 converter, checked against the FP32 bundle by the runtime itself."""
 
 from __future__ import annotations
 
@@ -125,14 +125,47 @@ def test_sam_int8_encoder_fp32_decoder(sam_tiny, photos, tmp_path) -> None:
     calib.mkdir()
     for name in ("coffee", "chelsea"):
         cv2.imwrite(str(calib / f"{name}.png"), photos[name][:, :, ::-1])
-    m = quantize_bundle(sam_tiny.bundle, tmp_path / "int8", QuantizeConfig("int8", calib=calib))
+    # CPU: dynamic quantization of the weight MatMuls (no calibration; the attention products stay float)
+    m = quantize_bundle(sam_tiny.bundle, tmp_path / "int8", QuantizeConfig("int8"))
     assert m.quantization["gate"]["metric"] == "mask_iou" and m.quantization["gate"]["passed"]
-    assert _ops(tmp_path / "int8" / "encoder.onnx").get("QuantizeLinear", 0) > 0
-    assert "QuantizeLinear" not in _ops(tmp_path / "int8" / "decoder.onnx")
+    ops = _ops(tmp_path / "int8" / "encoder.onnx")
+    assert ops.get("MatMulInteger", 0) > 0 and ops.get("DynamicQuantizeLinear", 0) > 0 and ops.get("MatMul", 0) > 0
+    assert m.quantization["graphs"]["encoder.onnx"]["method"] == "dynamic"
+    assert not {"QuantizeLinear", "MatMulInteger"} & set(_ops(tmp_path / "int8" / "decoder.onnx"))
+    # TensorRT: static QDQ, calibrated on the photos, Conv/weight MatMuls only
+    trt = quantize_bundle(sam_tiny.bundle, tmp_path / "int8t", QuantizeConfig("int8", calib=calib, target="tensorrt"))
+    assert trt.quantization["gate"]["passed"] and _ops(tmp_path / "int8t" / "encoder.onnx").get("QuantizeLinear", 0) > 0
+    assert trt.quantization["graphs"]["encoder.onnx"]["op_types_quantized"] == ["Conv", "MatMul", "Gemm"]
     f16 = quantize_bundle(sam_tiny.bundle, tmp_path / "fp16", QuantizeConfig("fp16"))
     kept = f16.quantization["graphs"]["encoder.onnx"]["kept_fp32_nodes"]
     assert kept and all("/attn/" in n for n in kept)
     assert f16.quantization["gate"]["score"] >= 0.9
+
+
+def test_maskrcnn_fp16_backbone_and_gated_int8(maskrcnn, tmp_path) -> None:
+    """Mask R-CNN: FP16 converts the backbone + FPN and keeps the heads (and the If branches of its batched
+    NMS, whose outer-scope reads the converter would break) in FP32; it loads, passes the gate on the fixture's
+    held-out scenes and the manifest says what was kept. INT8 runs through the gate and reports its score."""
+    import onnx
+
+    calib, val = _split(maskrcnn.val / "images", tmp_path)
+    f16 = quantize_bundle(maskrcnn.bundle, tmp_path / "fp16", QuantizeConfig("fp16", eval_images=val))
+    graph = f16.quantization["graphs"]["model.onnx"]
+    assert f16.quantization["gate"]["passed"] and f16.quantization["gate"]["score"] >= 0.85
+    assert graph["outer_scope_reads_repaired"] > 0 and "outside /backbone/" in graph["kept_fp32_nodes"][0]
+    model = onnx.load(str(tmp_path / "fp16" / "model.onnx"))
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    weight = {n.name.split("/")[1]: inits.get(n.input[1]) for n in model.graph.node if n.op_type == "Conv"}
+    assert weight["backbone"] == onnx.TensorProto.FLOAT16 and weight["rpn"] == onnx.TensorProto.FLOAT
+    i8 = quantize_bundle(maskrcnn.bundle, tmp_path / "int8", QuantizeConfig("int8", calib=calib, samples=8,
+                                                                               eval_images=val, min_score=0.0))
+    assert 0.0 < i8.quantization["gate"]["score"] <= 1.0
+    q = i8.quantization["graphs"]["model.onnx"]
+    assert "outside /backbone/" in q["excluded_nodes"][-1]
+    model = onnx.load(str(tmp_path / "int8" / "model.onnx"))
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    fed = {n.name.split("/")[1]: producer.get(n.input[1]) for n in model.graph.node if n.op_type == "Conv"}
+    assert fed["backbone"] == "DequantizeLinear" and fed["rpn"] is None  # heads: plain float weights
 
 
 def test_quantize_cli_and_errors(unet_trained, tmp_path) -> None:
