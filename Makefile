@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml cpp_ext/native.cpp
 	$(BIN)/pip install -q -e ".[export,dev]"
 	touch $(STAMP)
 
-# Main job: export the default models (seeded weights) and time them against PyTorch on this machine.
+# Main job: export the default models (seeded weights: U-Net, DeepLabV3+, Mask R-CNN, SAM vit_b) and time them
+# against PyTorch on this machine: table on the terminal, JSON, Markdown and a PNG chart.
 bench: $(STAMP)
-	$(BIN)/segrt bench --quick --json benchmarks/results/latest.json --markdown benchmarks/results/latest.md
+	$(BIN)/segrt bench --quick --json benchmarks/results/latest.json --markdown benchmarks/results/latest.md --plot benchmarks/results/latest.png
 
 # The test suite (what CI runs): all of it with the C++ pre/post kernels, then its fast part again with
 # their NumPy twin (SEGRT_PREPOST=reference). The quick fixtures trained by the first pass are reused.

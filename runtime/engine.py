@@ -245,3 +245,36 @@ def workspace_bytes(opts: BuildOptions, free_bytes: int) -> int:
                     free_bytes / (1 << 30))
         return int(free_bytes * 0.9)
     return asked
+
+
+def _shapes_arg(profiles: list[Profile], which: str) -> str:
+    """ONNX Runtime's profile syntax: ``name:1x3x256x256,other:1x2``."""
+    return ",".join(f"{p.name}:{'x'.join(str(d) for d in getattr(p, which))}" for p in profiles)
+
+
+def ort_tensorrt_options(bundle: Path, inputs: list[tuple[str, tuple[int | str | None, ...]]], opts: BuildOptions,
+                         free_bytes: int = 0, cuda_graph: bool = False) -> dict[str, str]:
+    """The same ``segrt build`` options for ONNX Runtime's TensorRT execution provider: precision flags,
+    explicit profiles for every dynamic input (the same :func:`derive_profiles`), the engine cache and
+    timing cache inside the bundle (``engines/onnxruntime-trt/``), workspace, DLA. Pure: tested without
+    a GPU; the provider itself has NOT been run on hardware here."""
+    cache = Path(bundle) / ENGINES_DIR / "onnxruntime-trt"
+    out = {
+        "trt_fp16_enable": str(int(opts.precision in ("fp16", "best"))),
+        # a QDQ (INT8) bundle is explicit quantization: TensorRT takes the scales from the graph, no table
+        "trt_int8_enable": str(int(opts.precision in ("int8", "best"))),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": str(opts.timing_cache.parent if opts.timing_cache else cache),
+    }
+    if opts.workspace_gb is not None or free_bytes:  # else the provider's own default
+        out["trt_max_workspace_size"] = str(workspace_bytes(opts, free_bytes))
+    if any(not (isinstance(d, int) and d > 0) for _, dims in inputs for d in dims):
+        profiles = derive_profiles(inputs, opts)
+        out |= {f"trt_profile_{w}_shapes": _shapes_arg(profiles, w) for w in ("min", "opt", "max")}
+    if opts.dla_core is not None:
+        out |= {"trt_dla_enable": "1", "trt_dla_core": str(opts.dla_core)}
+    if cuda_graph:
+        out["trt_cuda_graph_enable"] = "1"
+    return out

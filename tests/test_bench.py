@@ -123,3 +123,19 @@ def test_sweep_arguments_are_checked() -> None:
         with pytest.raises(SystemExit) as exc:
             main(["bench", "--quick", *bad])
         assert exc.value.code == 2
+
+
+def test_device_memory_is_absent_not_invented_without_a_gpu() -> None:
+    """On a machine without an NVIDIA driver (or without nvidia-ml-py) the GPU sampler turns itself off:
+    the record has no device figures rather than zeros, and describe() says there is no GPU."""
+    import shutil
+
+    from segrt.benchmarks.bench import PeakRss
+
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA driver; the GPU figures are exercised by `segrt bench --device cuda`")
+    with PeakRss(gpu=True) as mem:
+        np.ones((256, 1024, 1024), np.uint8).sum()  # 256 MB touched: host memory still measured
+    rec = mem.record()
+    assert "device_peak_mb" not in rec and rec["peak_delta_mb"] > 100
+    assert describe(1)["gpu"] is None

@@ -109,3 +109,29 @@ def test_without_tensorrt_the_backends_say_why(tmp_path) -> None:
     assert proc.returncode == 2 and "TensorRT is not installed" in proc.stderr and "Traceback" not in proc.stderr
     proc = segrt("build", tmp_path / "b")  # flags are checked before anything needs a GPU
     assert proc.returncode == 2 and "dynamic height" in proc.stderr
+
+
+def test_onnxruntime_tensorrt_provider_options_map_the_build_options(tmp_path) -> None:
+    """ONNX Runtime's TensorRT provider gets the same options `segrt build` takes: profiles from the same
+    derivation in its "name:AxBxC" syntax, precision flags, caches inside the bundle, DLA, CUDA graphs."""
+    from segrt.runtime.engine import ort_tensorrt_options
+
+    inputs = onnx_inputs(PPOCR)
+    opts = ort_tensorrt_options(tmp_path, inputs, BuildOptions(max_batch=4, **SIZES))
+    assert opts["trt_profile_min_shapes"] == "x:1x3x256x256" and opts["trt_profile_opt_shapes"] == "x:4x3x512x640"
+    assert opts["trt_profile_max_shapes"] == "x:4x3x1024x1024"
+    assert (opts["trt_fp16_enable"], opts["trt_int8_enable"]) == ("1", "0")
+    assert opts["trt_engine_cache_enable"] == "1" and opts["trt_engine_cache_path"] == str(tmp_path / "engines" / "onnxruntime-trt")
+    assert opts["trt_timing_cache_path"] == opts["trt_engine_cache_path"] and "trt_max_workspace_size" not in opts
+    assert "trt_dla_enable" not in opts and "trt_cuda_graph_enable" not in opts
+    int8 = ort_tensorrt_options(tmp_path, inputs, BuildOptions(precision="int8", dla_core=1, workspace_gb=2,
+                                                               timing_cache=tmp_path / "t" / "timing.cache", **SIZES),
+                                free_bytes=8 << 30, cuda_graph=True)
+    assert (int8["trt_fp16_enable"], int8["trt_int8_enable"], int8["trt_dla_core"]) == ("0", "1", "1")
+    assert int8["trt_max_workspace_size"] == str(2 << 30) and int8["trt_cuda_graph_enable"] == "1"
+    assert int8["trt_timing_cache_path"] == str(tmp_path / "t")
+    best = ort_tensorrt_options(tmp_path, [("image", (1, 3, 512, 512))], BuildOptions(precision="best"))
+    assert (best["trt_fp16_enable"], best["trt_int8_enable"]) == ("1", "1")
+    assert "trt_profile_min_shapes" not in best  # a fixed-shape model needs no profile
+    with pytest.raises(InvalidInputError, match="dynamic height"):
+        ort_tensorrt_options(tmp_path, inputs, BuildOptions())  # the same rule as segrt build

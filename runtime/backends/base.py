@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -33,6 +33,14 @@ class RunnerOptions:
     threads: int | None = None  # intra-op threads; None lets the backend decide (physical cores)
     device_id: int = 0
     build_engines: bool = False  # TensorRT: build an engine when none fits (minutes); set for device="tensorrt"
+    #: ONNX Runtime: bind inputs/outputs through an IOBinding (None: on for the GPU providers, so outputs are
+    #: copied to the host once, when post-processing needs them; off on the CPU, where it gains nothing)
+    io_binding: bool | None = None
+    #: TensorRT (native runner and ONNX Runtime's TensorRT provider): replay a captured CUDA graph while the
+    #: input shapes stay the same (camera loops); recaptured when a shape changes
+    cuda_graph: bool = False
+    #: ONNX Runtime's TensorRT provider: the ``segrt build`` options it maps (None: FP16, 256..1024 sides)
+    engine: Any = None
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:

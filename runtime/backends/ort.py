@@ -51,7 +51,7 @@ class OrtRunner(Runner):
             return f"the installed onnxruntime has no {cls.provider} (pip install 'segrt[gpu]' for GPU providers)"
         return None
 
-    def _provider_options(self, options: RunnerOptions) -> dict[str, Any]:
+    def _provider_options(self, model_path: Path, options: RunnerOptions) -> dict[str, Any]:
         return {} if self.provider == "CPUExecutionProvider" else {"device_id": options.device_id}
 
     def __init__(self, model_path: Path, options: RunnerOptions | None = None) -> None:
@@ -63,7 +63,7 @@ class OrtRunner(Runner):
         so.log_severity_level = 3
         if options.threads is not None:
             so.intra_op_num_threads = options.threads
-        providers: list[Any] = [(self.provider, self._provider_options(options))]
+        providers: list[Any] = [(self.provider, self._provider_options(Path(model_path), options))]
         if self.provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # nodes the GPU provider cannot take
         path = Path(model_path)
@@ -82,6 +82,11 @@ class OrtRunner(Runner):
         self._inputs = tuple(_spec(a) for a in self._session.get_inputs())
         self._outputs = tuple(_spec(a) for a in self._session.get_outputs())
         self._output_names = [o.name for o in self._outputs]
+        bind = options.io_binding if options.io_binding is not None else self.provider != "CPUExecutionProvider"
+        #: where outputs are bound: the provider's device ("cuda" for the GPU providers), copied to the host
+        #: in one step after the run, when post-processing needs them
+        self._bind_device = ("cpu" if self.provider == "CPUExecutionProvider" else "cuda") if bind else None
+        self._device_id = options.device_id
 
     def input_specs(self) -> tuple[TensorSpec, ...]:
         return self._inputs
@@ -90,14 +95,39 @@ class OrtRunner(Runner):
         return self._outputs
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self._session.run(self._output_names, dict(feeds))
+        if self._bind_device is None:
+            outs = self._session.run(self._output_names, dict(feeds))
+            return dict(zip(self._output_names, outs))
+        binding = self._session.io_binding()
+        for name, arr in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(arr))  # one host-to-device copy per input
+        for name in self._output_names:  # allocated by ONNX Runtime on the device: shapes may be data-dependent
+            binding.bind_output(name, self._bind_device, self._device_id)
+        self._session.run_with_iobinding(binding)
+        outs = binding.copy_outputs_to_cpu()
         return dict(zip(self._output_names, outs))
 
 
 class OrtTensorRTRunner(OrtRunner):
+    """ONNX Runtime's TensorRT provider with ``segrt build``'s options (:func:`..engine.ort_tensorrt_options`):
+    engine and timing caches in the bundle, explicit profiles, FP16/INT8. NOT run on hardware here."""
+
     name = "onnxruntime-tensorrt"
     device: ClassVar[Device] = "tensorrt"
     provider = "TensorrtExecutionProvider"
+
+    def _provider_options(self, model_path: Path, options: RunnerOptions) -> dict[str, Any]:
+        from ..engine import BuildOptions, ort_tensorrt_options
+        from ..engine_build import onnx_inputs
+        from ..manifest import read_manifest
+
+        opts = options.engine
+        if opts is None:
+            precision = "int8" if read_manifest(model_path.parent).precision == "int8" else "fp16"
+            opts = BuildOptions(precision=precision, min_hw=(256, 256), opt_hw=(512, 512), max_hw=(1024, 1024))
+        (model_path.parent / "engines" / "onnxruntime-trt").mkdir(parents=True, exist_ok=True)
+        return {"device_id": str(options.device_id),
+                **ort_tensorrt_options(model_path.parent, onnx_inputs(model_path), opts, cuda_graph=options.cuda_graph)}
 
 
 class OrtCudaRunner(OrtRunner):

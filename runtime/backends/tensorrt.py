@@ -4,7 +4,9 @@ The engine comes from the bundle's engine cache (:mod:`segrt.runtime.engine`): o
 model file, TensorRT version and GPU. ``device="tensorrt"`` builds one when none fits (minutes, with a
 message); ``auto`` only uses an engine that already exists. One CUDA stream; device buffers and
 page-locked host buffers are allocated once per shape and reused; inputs are bound with
-``set_input_shape``/``set_tensor_address`` and run with ``execute_async_v3``.
+``set_input_shape``/``set_tensor_address`` and run with ``execute_async_v3``. With
+``RunnerOptions(cuda_graph=True)`` the enqueue is captured into a CUDA graph the first time a set of
+shapes and buffers is seen and replayed (``cudaGraphLaunch``) while they stay the same.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class TensorRTRunner(Runner):
         self._outputs = tuple(self._spec(n) for n in names if not is_in[n])
         self._device: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
         self._host: dict[str, tuple[int, int]] = {}
+        self._use_graph = options.cuda_graph
+        self._graph: tuple[Any, Any] | None = None  # (key: shapes + buffer addresses, instantiated graph)
 
     def _spec(self, name: str) -> TensorSpec:
         shape = tuple(int(d) if d >= 0 else None for d in self._engine.get_tensor_shape(name))
@@ -112,8 +116,31 @@ class TensorRTRunner(Runner):
             pool[name] = (int(ptr), nbytes)
         return pool[name][0]
 
+    def _enqueue(self, key: tuple[Any, ...]) -> None:
+        """Run the engine on the stream: directly, or by replaying the CUDA graph captured for ``key`` (the
+        shapes and device addresses bound; a new key is run once, then captured)."""
+        cr, s = self._cudart, self._stream
+        if self._use_graph and self._graph is not None and self._graph[0] == key:
+            _check(cr.cudaGraphLaunch(self._graph[1], s), "graph launch")
+            return
+        if not self._ctx.execute_async_v3(s):
+            raise BackendUnavailableError("TensorRT execute_async_v3 failed; run with -v for its log")
+        if self._use_graph:  # TensorRT wants one plain enqueue per shape before capture
+            _check(cr.cudaStreamSynchronize(s), "synchronize")
+            mode = cr.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+            _check(cr.cudaStreamBeginCapture(s, mode), "graph capture")
+            ok = self._ctx.execute_async_v3(s)
+            graph = _check(cr.cudaStreamEndCapture(s), "graph capture")
+            if not ok:
+                raise BackendUnavailableError("TensorRT could not be captured into a CUDA graph; run without cuda_graph")
+            if self._graph is not None:
+                _check(cr.cudaGraphExecDestroy(self._graph[1]), "graph destroy")
+            self._graph = (key, _check(cr.cudaGraphInstantiate(graph, 0), "graph instantiate"))
+            _check(cr.cudaGraphDestroy(graph), "graph destroy")
+
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         cr, s = self._cudart, self._stream
+        bound: list[tuple[str, tuple[int, ...], int]] = []  # what a captured graph depends on
         for spec in self._inputs:
             arr = np.ascontiguousarray(feeds[spec.name], dtype=spec.dtype)
             self._ctx.set_input_shape(spec.name, arr.shape)
@@ -122,6 +149,7 @@ class TensorRTRunner(Runner):
             dev = self._buffer(self._device, spec.name, arr.nbytes, False)
             _check(cr.cudaMemcpyAsync(dev, host, arr.nbytes, _H2D, s), "copy to device")
             self._ctx.set_tensor_address(spec.name, dev)
+            bound.append((spec.name, arr.shape, dev))
         shapes = {}
         for spec in self._outputs:
             shape = tuple(self._ctx.get_tensor_shape(spec.name))
@@ -131,9 +159,10 @@ class TensorRTRunner(Runner):
                                               "device='cuda' (ONNX Runtime)")
             shapes[spec.name] = shape
             nbytes = int(np.prod(shape)) * spec.dtype.itemsize
-            self._ctx.set_tensor_address(spec.name, self._buffer(self._device, spec.name, nbytes, False))
-        if not self._ctx.execute_async_v3(s):
-            raise BackendUnavailableError("TensorRT execute_async_v3 failed; run with -v for its log")
+            ptr = self._buffer(self._device, spec.name, nbytes, False)
+            self._ctx.set_tensor_address(spec.name, ptr)
+            bound.append((spec.name, shape, ptr))
+        self._enqueue(tuple(bound))
         out = {}
         for spec in self._outputs:
             arr = np.empty(shapes[spec.name], spec.dtype)
