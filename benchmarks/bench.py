@@ -273,27 +273,37 @@ def _baseline(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
 
 
+def segrt_row(bundle: Path, cfg: BenchConfig, batch: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A result row's identity, segrt's figures from ``run()`` (or why the device could not run it), the
+    variant's gate numbers and the pre+post share."""
+    m = read_manifest(bundle)
+    row: dict[str, Any] = {
+        "model": f"{m.architecture}/{m.encoder}", "bundle": str(bundle), "precision": m.precision, "task": m.task,
+        "device": cfg.device, "size": list(cfg.size), "batch": batch,
+        "weights": "trained" if m.source.get("trained") else "seeded (untrained)",
+    }
+    try:
+        row["segrt"] = run()
+    except BackendUnavailableError as exc:
+        return row | {"skipped": str(exc)}
+    if m.quantization.get("gate"):
+        g = m.quantization["gate"]
+        row["gate"] = {"metric": g["metric"], "score": g["score"], "images": g["images"]}
+    st = row["segrt"]["stages"]
+    row["prepost_share"] = (st["pre"]["p50"] + st["post"]["p50"]) / st["e2e"]["p50"]
+    return row
+
+
 def bench_model(bundle: Path, cfg: BenchConfig, torch_cache: dict[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
     """One row: ``bundle`` on ``cfg.device`` at ``cfg.size`` x ``cfg.batch``, and PyTorch on the same inputs
     (eager, and compiled with ``cfg.compile``). ``torch_cache`` shares PyTorch's figures between rows that
     differ only in segrt's precision (the ratio is always against PyTorch FP32)."""
     m = read_manifest(bundle)
     images = photos(cfg.size)
-    row: dict[str, Any] = {
-        "model": f"{m.architecture}/{m.encoder}", "bundle": str(bundle), "precision": m.precision, "task": m.task,
-        "device": cfg.device, "size": list(cfg.size), "batch": cfg.batch,
-        "weights": "trained" if m.source.get("trained") else "seeded (untrained)",
-    }
-    try:
-        row["segrt"] = bench_segrt(bundle, images, cfg)
-    except BackendUnavailableError as exc:
-        return row | {"skipped": str(exc)}
-    if m.quantization.get("gate"):
-        g = m.quantization["gate"]
-        row["gate"] = {"metric": g["metric"], "score": g["score"], "images": g["images"]}
+    row = segrt_row(bundle, cfg, cfg.batch, lambda: bench_segrt(bundle, images, cfg))
+    if "skipped" in row:
+        return row
     seg_e2e = row["segrt"]["stages"]["e2e"]["p50"]
-    st = row["segrt"]["stages"]
-    row["prepost_share"] = (st["pre"]["p50"] + st["post"]["p50"]) / seg_e2e
     if cfg.baseline and m.architecture != "imported":
         cache = torch_cache if torch_cache is not None else {}
         sides = [("torch", False)] + ([("torch_compile", True)] if cfg.compile else [])

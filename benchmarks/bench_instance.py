@@ -155,26 +155,14 @@ def bench_instance(bundle: Path, cfg: BenchConfig, in_graph_paste: bool = True,
                    torch_cache: dict[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
     """One row: the bundle on ``cfg.device``, torchvision eager on the same photos (shared through
     ``torch_cache`` between precisions), and on the CPU the naive in-graph-paste export."""
-    from segrt.runtime.errors import BackendUnavailableError
-
-    from .bench import _baseline
+    from .bench import _baseline, segrt_row
 
     m = read_manifest(bundle)
     images = photos(cfg.size)
-    row: dict[str, Any] = {
-        "model": f"{m.architecture}/{m.encoder}", "bundle": str(bundle), "precision": m.precision, "task": "instance",
-        "device": cfg.device, "size": list(cfg.size), "batch": 1,
-        "weights": "trained" if m.source.get("trained") else "seeded (untrained)",
-    }
-    try:
-        row["segrt"] = bench_segrt_instance(bundle, images, cfg)
-    except BackendUnavailableError as exc:
-        return row | {"skipped": str(exc)}
-    if m.quantization.get("gate"):
-        g = m.quantization["gate"]
-        row["gate"] = {"metric": g["metric"], "score": g["score"], "images": g["images"]}
+    row = segrt_row(bundle, cfg, 1, lambda: bench_segrt_instance(bundle, images, cfg))
+    if "skipped" in row:
+        return row
     st = row["segrt"]["stages"]
-    row["prepost_share"] = (st["pre"]["p50"] + st["post"]["p50"]) / st["e2e"]["p50"]
     if cfg.baseline:
         model = _torch_model(bundle)
         cache = torch_cache if torch_cache is not None else {}

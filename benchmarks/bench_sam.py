@@ -150,7 +150,8 @@ def markdown_sam_rows(rows: list[dict[str, Any]]) -> list[str]:
         a = row["amg"]
         lines.append(f"| {row['model']} | automatic masks ({a['points_per_side']}² points; {a['masks_segrt']} vs "
                      f"{a['masks_torch']} masks) | {a['segrt_ms']:.0f} | {a['torch_ms']:.0f} | {a['speedup']:.2f}x | "
-                     f"{GOAL_AMG}x: {'met' if a['speedup'] >= GOAL_AMG else 'NOT met'} |")
+                     + (f"{GOAL_AMG}x: {'met' if a['speedup'] >= GOAL_AMG else 'NOT met'} |" if a["points_per_side"] == 32
+                        else "(the goal is for 32x32 points) |"))
     return lines
 
 
