@@ -13,19 +13,28 @@ from .image import DEFAULT_MAX_PIXELS, ImageLike, InputColor, read_image, to_cha
 from .manifest import Task, read_manifest
 
 
+def runner_options(threads: int | None, options: RunnerOptions | None) -> RunnerOptions:
+    """``options`` (I/O binding, CUDA graphs, TensorRT build options...) with ``threads`` when given."""
+    from dataclasses import replace
+
+    if options is None:
+        return RunnerOptions(threads=threads)
+    return replace(options, threads=threads) if threads is not None else options
+
+
 class BundleModel:
     """Opens a bundle of task :attr:`task` on ``device``; subclasses add pre-, post-processing."""
 
     task: ClassVar[Task]
 
     def __init__(self, bundle: str | Path, device: str = "auto", *, threads: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, options: RunnerOptions | None = None) -> None:
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
         if self.manifest.task != self.task:
             raise ModelFormatError(f"bundle task is {self.manifest.task!r}; {type(self).__name__} needs {self.task!r}")
         self.runner, self.skipped = select_runner(self.bundle / self.manifest.model_file, device,
-                                                  RunnerOptions(threads=threads))
+                                                  runner_options(threads, options))
         self.max_pixels = max_pixels
 
     @property

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from . import prepost
-from .backends import Runner
+from .backends import Runner, RunnerOptions
 from .bundle import BundleModel
 from .errors import InvalidInputError, ModelFormatError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, InputColor, read_image, to_display_rgb
@@ -92,8 +92,9 @@ class InstanceSegmenter(BundleModel):
     task = "instance"
 
     def __init__(self, bundle: str | Path, device: str = "auto", *, threads: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, score_threshold: float | None = None) -> None:
-        super().__init__(bundle, device, threads=threads, max_pixels=max_pixels)
+                 max_pixels: int = DEFAULT_MAX_PIXELS, score_threshold: float | None = None,
+                 options: RunnerOptions | None = None) -> None:
+        super().__init__(bundle, device, threads=threads, max_pixels=max_pixels, options=options)
         self.detection = _check_io(self.manifest, self.runner)
         self.score_threshold = self._threshold(score_threshold)
 

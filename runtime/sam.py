@@ -120,14 +120,17 @@ class SamPredictor:
     """``SamPredictor(bundle)``: segment-anything's predictor API over an exported SAM bundle."""
 
     def __init__(self, bundle: str | Path, device: str = "auto", *, threads: int | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 options: RunnerOptions | None = None) -> None:
         self.bundle = Path(bundle)
         self.manifest: Manifest = read_manifest(self.bundle)
         if self.manifest.task != "sam" or self.manifest.sam is None:
             raise ModelFormatError(f"bundle task is {self.manifest.task!r}; SamPredictor needs a SAM bundle "
                                    "(segrt export sam)")
         self.spec: SamSpec = self.manifest.sam
-        options = RunnerOptions(threads=threads)
+        from .bundle import runner_options
+
+        options = runner_options(threads, options)
         self.encoder, self.skipped = select_runner(self.bundle / self.manifest.model_file, device, options)
         self.decoder, _ = select_runner(self.bundle / self.spec.decoder_file, self.encoder.device, options)
         self.image_size = self.manifest.input.size[0] if self.manifest.input.size else 1024

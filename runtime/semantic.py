@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import prepost
-from .backends import Runner
+from .backends import Runner, RunnerOptions
 from .bundle import BundleModel
 from .errors import InvalidInputError, ModelFormatError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, InputColor, read_image, to_display_rgb, write_image_atomic
@@ -70,8 +70,8 @@ class Segmenter(BundleModel):
     task = "semantic"
 
     def __init__(self, bundle: str | Path, device: str = "auto", *, threads: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        super().__init__(bundle, device, threads=threads, max_pixels=max_pixels)
+                 max_pixels: int = DEFAULT_MAX_PIXELS, options: RunnerOptions | None = None) -> None:
+        super().__init__(bundle, device, threads=threads, max_pixels=max_pixels, options=options)
         _check_io(self.manifest, self.runner)
         batch_dim = next(s for s in self.runner.input_specs() if s.name == self.manifest.input.name).shape[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None

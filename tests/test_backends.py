@@ -110,3 +110,8 @@ def test_io_binding_gives_the_same_outputs(model, request, photos) -> None:
         assert a[name].shape == b[name].shape and np.array_equal(a[name], b[name]), name
     if model == "maskrcnn":
         assert min(v.shape[0] for v in a.values()) > 0  # detections: something data-dependent was bound
+        # the loaders take the options too (threads kept): same detections through the bound path
+        det2 = load(bundle, "cpu", threads=1, options=RunnerOptions(io_binding=True))
+        assert det2.runner._bind_device == "cpu" and det2.runner._session.get_session_options().intra_op_num_threads == 1
+        r1, r2 = det(photos["coffee"]), det2(photos["coffee"])
+        assert np.array_equal(r1.boxes, r2.boxes) and np.array_equal(r1.scores, r2.scores)
