@@ -39,8 +39,15 @@ def save_onnx(model: Any, path: Path, force_external: bool = False) -> None:
     large = force_external or model.ByteSize() > PROTO_LIMIT
     onnx.save_model(
         model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
-        location=f"{path.name}.data" if large else None, size_threshold=0,
+        # small tensors (axes, shapes) stay in the graph: shape inference must read them
+        location=f"{path.name}.data" if large else None, size_threshold=1024,
     )
+    if large:  # onnx creates the data file 0600; give it the graph file's permissions
+        import os
+
+        from segrt.runtime.manifest import default_mode
+
+        os.chmod(path.with_name(f"{path.name}.data"), default_mode())
 
 
 def export_onnx(module: Any, example: tuple[Any, ...], spec: ModelSpec, path: Path, opset: int) -> dict[str, Any]:
@@ -82,6 +89,9 @@ def export_onnx(module: Any, example: tuple[Any, ...], spec: ModelSpec, path: Pa
         save_onnx(model, path, force_external=large)
     finally:
         shutil.rmtree(rawdir, ignore_errors=True)
-    onnx.checker.check_model(str(path), full_check=True)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the exported {spec.name} graph fails ONNX's checker: {str(exc).splitlines()[0][:300]}") from None
     return {"opset": opset, "exporter": spec.exporter, "nodes_exported": n_raw, "nodes_simplified": len(model.graph.node),
             "external_data": f"{path.name}.data" if (path.parent / f"{path.name}.data").is_file() else None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from segrt.runtime.sam import SamPredictor, to_uint8_rgb
 from .bundle import atomic_dir
 from .exporter import tool_versions
 from .models import sam as S
-from .onnx_io import export_onnx
+from .onnx_io import PROTO_LIMIT, export_onnx
 from .spec import IMAGENET_MEAN, IMAGENET_STD, require_export_deps
 from .verify import default_photo
 from .weights import sha256_file
@@ -124,8 +125,13 @@ def export_sam(variant: str, checkpoint: Path | None, out: Path, *, seed: int = 
     s = S.IMAGE_SIZE
     dec_example = (torch.randn(1, *S.EMBED_SHAPE), torch.rand(2, 3, 2) * s, torch.tensor([[1.0, 0.0, -1.0]] * 2),
                    torch.zeros(1, 1, S.LOW_RES, S.LOW_RES), torch.zeros(1))
+    encoder_spec = S.ENCODER
+    if sum(p.numel() * p.element_size() for p in model.image_encoder.parameters()) > PROTO_LIMIT:
+        # vit_h (2.5 GB): the TorchScript exporter runs a real forward while tracing and was OOM-killed at 24 GB;
+        # the dynamo exporter traces with fake tensors (vit_b: 1.2 GB peak, outputs within 1e-6 of PyTorch)
+        encoder_spec = replace(S.ENCODER, exporter="dynamo")
     with atomic_dir(out, force=force) as tmp:
-        facts = {"encoder": export_onnx(S.encoder_graph(model), (torch.randn(1, 3, s, s),), S.ENCODER,
+        facts = {"encoder": export_onnx(S.encoder_graph(model), (torch.randn(1, 3, s, s),), encoder_spec,
                                         tmp / "encoder.onnx", opset),
                  "decoder": export_onnx(S.decoder_graph(model), dec_example, S.DECODER, tmp / "decoder.onnx", opset)}
         manifest = make_manifest(variant, source, facts)

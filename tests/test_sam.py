@@ -284,6 +284,7 @@ def test_graphs_over_two_gigabytes_are_saved_as_external_data(sam_tiny, photos, 
     files = sorted(p.name for p in (tmp_path / "big").iterdir())
     assert "encoder.onnx.data" in files and "decoder.onnx.data" in files, files
     assert not [f for f in files if f.startswith(".")], files  # no raw export left behind
+    assert (tmp_path / "big" / "encoder.onnx.data").stat().st_mode & 0o777 == (tmp_path / "big" / "encoder.onnx").stat().st_mode & 0o777
     big = tmp_path / "big"
     assert (big / "encoder.onnx").stat().st_size * 4 < (big / "encoder.onnx.data").stat().st_size  # weights outside
     assert m.source["export"]["encoder"]["external_data"] == "encoder.onnx.data"
