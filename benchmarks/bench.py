@@ -104,7 +104,10 @@ def _gpu_used_bytes() -> Callable[[], int] | None:
     pid = os.getpid()
 
     def used() -> int:
-        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        try:
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except pynvml.NVMLError:  # a transient driver error: this sample counts nothing
+            return 0
         return sum(p.usedGpuMemory or 0 for p in procs if p.pid == pid)
 
     return used

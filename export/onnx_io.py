@@ -39,10 +39,10 @@ def save_onnx(model: Any, path: Path, force_external: bool = False) -> None:
     large = force_external or model.ByteSize() > PROTO_LIMIT
     onnx.save_model(
         model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
-        # small tensors (axes, shapes) stay in the graph: shape inference must read them
-        location=f"{path.name}.data" if large else None, size_threshold=1024,
+        # tensors under 128 bytes (axes, shapes, scalars) stay in the graph: shape inference must read them
+        location=f"{path.name}.data" if large else None, size_threshold=128,
     )
-    if large:  # onnx creates the data file 0600; give it the graph file's permissions
+    if large and path.with_name(f"{path.name}.data").is_file():  # onnx makes it 0600: the graph's mode instead
         import os
 
         from segrt.runtime.manifest import default_mode

@@ -3,13 +3,14 @@
 FP16 uses ONNX Runtime's float16 converter (onnxruntime.transformers, the maintained fork of
 onnxconverter-common's) with numerically sensitive ops kept in FP32 (LayerNorm, Softmax,
 reductions, and for SAM's encoder the attention products). INT8 is onnxruntime.quantization's static
-QDQ quantization (SAM's ViT encoder on the CPU: dynamic quantization, see ``to_int8_dynamic``) (per-channel symmetric int8 weights; uint8 activations for ONNX Runtime's CPU
+QDQ quantization (per-channel symmetric int8 weights; uint8 activations for ONNX Runtime's CPU
 kernels, or symmetric int8 activations with ``target="tensorrt"``, the form TensorRT consumes as
 explicit quantization), calibrated on images put through exactly the runtime's preprocessing; the
 range table is cached beside the source bundle so a second build does not recalibrate. The variant is
 compared with the FP32 bundle on held-out images; the numbers go into its manifest, and a variant that
-loses more than the family's tolerance is refused (exit code 2, nothing written). Needs onnx and onnxruntime;
-never torch.
+loses more than the family's tolerance is refused (exit code 2, nothing written). SAM's ViT encoder on
+the CPU is the exception: dynamically quantized, no calibration (see ``to_int8_dynamic``). Needs onnx and
+onnxruntime; never torch.
 """
 
 from __future__ import annotations

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ModelFormatError
+from ..errors import BackendUnavailableError, InvalidInputError, ModelFormatError, SegrtError
 from .base import Device, Runner, RunnerOptions, TensorSpec
+
+log = logging.getLogger("segrt")
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -123,11 +126,20 @@ class OrtTensorRTRunner(OrtRunner):
 
         opts = options.engine
         if opts is None:
-            precision = "int8" if read_manifest(model_path.parent).precision == "int8" else "fp16"
-            opts = BuildOptions(precision=precision, min_hw=(256, 256), opt_hw=(512, 512), max_hw=(1024, 1024))
+            try:
+                int8 = read_manifest(model_path.parent).precision == "int8"
+            except SegrtError:  # a model file outside a bundle
+                int8 = False
+            opts = BuildOptions(precision="int8" if int8 else "fp16", min_hw=(256, 256), opt_hw=(512, 512),
+                                max_hw=(1024, 1024))
         (model_path.parent / "engines" / "onnxruntime-trt").mkdir(parents=True, exist_ok=True)
-        return {"device_id": str(options.device_id),
-                **ort_tensorrt_options(model_path.parent, onnx_inputs(model_path), opts, cuda_graph=options.cuda_graph)}
+        inputs = onnx_inputs(model_path)
+        try:
+            mapped = ort_tensorrt_options(model_path.parent, inputs, opts, cuda_graph=options.cuda_graph)
+        except InvalidInputError as exc:  # a dynamic axis segrt has no rule for: the provider's own profiles
+            log.info("onnxruntime-tensorrt: no explicit profiles for %s (%s)", model_path.name, exc)
+            mapped = ort_tensorrt_options(model_path.parent, [], opts, cuda_graph=options.cuda_graph)
+        return {"device_id": str(options.device_id), **mapped}
 
 
 class OrtCudaRunner(OrtRunner):
