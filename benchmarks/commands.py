@@ -154,7 +154,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.quick and not args.bundles:
         bundles.append(ensure_instance_bundle())
     # every bundle x device x precision x size x batch; PyTorch once per model x device x size x batch
-    plan = [(b, d, p, z, n) for b in bundles for d in args.device for p in args.precision for z in sizes
+    # without --precision each bundle is timed as it is (an INT8 bundle as INT8)
+    plan = [(b, d, p, z, n) for b in bundles for d in args.device
+            for p in (args.precision or [read_manifest(b).precision]) for z in sizes
             for n in args.batch]
     results, torch_cache = [], {}
     for bundle, device, precision, size, batch in tqdm(plan, unit="row", file=sys.stderr):
@@ -186,7 +188,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _config(cfg: Any, args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict[str, Any]:
     return {"warmup": cfg.warmup, "iters": cfg.iters, "threads": cfg.threads, "baseline": args.baseline,
-            "devices": args.device, "precisions": args.precision, "sizes": [list(z) for z in sizes],
+            "devices": args.device, "precisions": args.precision or "as exported", "sizes": [list(z) for z in sizes],
             "batches": args.batch, "size": list(cfg.size)}
 
 
@@ -209,7 +211,7 @@ def _bench_sam(args: argparse.Namespace, cfg: Any) -> int:
     if args.amg_points < 1:
         raise InvalidInputError(f"--amg-points must be >= 1; got {args.amg_points}")
     result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
-              "results": [bench_sam(variant, cfg, args.amg_points, tuple(args.precision)) for variant in args.sam]}
+              "results": [bench_sam(variant, cfg, args.amg_points, tuple(args.precision or ["fp32"])) for variant in args.sam]}
     return _emit(args, result, markdown_sam(result))
 
 
@@ -271,8 +273,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=_devices, default=["auto"],
                    help="comma-separated devices for segrt (auto, cpu, cuda, tensorrt); PyTorch runs on cuda for cuda/tensorrt. "
                    "A device this machine lacks gives a row that says why")
-    p.add_argument("--precision", type=_precisions, default=["fp32"],
-                   help="comma-separated fp32,fp16,int8: variants of each FP32 bundle, made once (gated) into the cache")
+    p.add_argument("--precision", type=_precisions, default=None,
+                   help="comma-separated fp32,fp16,int8: variants of each FP32 bundle, made once (gated) into the cache "
+                   "(default: each bundle as it is)")
     p.add_argument("--batch", type=_batches, default=[1], help="comma-separated batch sizes (semantic bundles), e.g. 1,2,4")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)

@@ -112,7 +112,12 @@ def test_sweep_devices_precisions_sizes_batches_in_one_call(unet_trained, tmp_pa
         for b in (1, 2):
             assert by_key[("fp32", z, b)]["torch"] == by_key[("fp16", z, b)]["torch"]  # timed once, shared
             assert by_key[("fp16", z, b)]["gate"]["score"] > 0.9
-    assert len(list((tmp_path / "cache" / "bench" / "variants").iterdir())) == 1  # fp16 made once
+    (variant,) = list((tmp_path / "cache" / "bench" / "variants").iterdir())  # fp16 made once
+    # a variant bundle named without --precision is timed as what it is
+    assert main(["bench", str(variant), "--size", "64x64", "--warmup", "0", "--iters", "1", "--threads", "1",
+                 "--baseline", "none", "--json", str(tmp_path / "one.json")]) == 0
+    (row,) = json.loads((tmp_path / "one.json").read_text())["results"]
+    assert row["precision"] == "fp16" and row["gate"]["score"] > 0.9
     table = (tmp_path / "sweep.md").read_text()
     assert "| tensorrt: skipped |" in table and "| fp16 | 96x128 | 2 |" in table
 
