@@ -41,10 +41,14 @@ class BenchConfig:
     device: str = "auto"  # segrt's device (backends.DEVICES); PyTorch runs on "cuda" for cuda/tensorrt
     batch: int = 1
     compile: bool = False  # also time torch.compile(model), where it works
+    #: --seconds: time each row for this long instead of a fixed --iters count (at least MIN_TIMED runs)
+    seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iters < 1:
             raise InvalidInputError(f"need --warmup >= 0 and --iters >= 1; got {self.warmup}, {self.iters}")
+        if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise InvalidInputError(f"--seconds must be a positive number; got {self.seconds}")
         if self.threads < 1:
             raise InvalidInputError(f"--threads must be >= 1; got {self.threads}")
         if self.batch < 1:
@@ -74,10 +78,25 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-def _timed(fn: Callable[[int], dict[str, float]], cfg: BenchConfig) -> dict[str, dict[str, float]]:
+#: --seconds still takes this many timed runs, so p50/p90 never rest on one or two samples
+MIN_TIMED = 3
+
+
+def repeat(fn: Callable[[int], Any], cfg: BenchConfig) -> list[Any]:
+    """``fn(i)`` after cfg.warmup untimed calls: cfg.iters times, or with cfg.seconds
+    until that much wall time has passed (at least MIN_TIMED calls). Inputs rotate with ``i``."""
     for i in range(cfg.warmup):
         fn(i)
-    runs = [fn(i) for i in range(cfg.iters)]
+    if cfg.seconds is None:
+        return [fn(i) for i in range(cfg.iters)]
+    runs, start = [], time.perf_counter()
+    while len(runs) < MIN_TIMED or time.perf_counter() - start < cfg.seconds:
+        runs.append(fn(len(runs)))
+    return runs
+
+
+def _timed(fn: Callable[[int], dict[str, float]], cfg: BenchConfig) -> dict[str, dict[str, float]]:
+    runs = repeat(fn, cfg)
     return {stage: percentiles([r[stage] for r in runs]) for stage in runs[0]}
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from segrt.runtime.sam import SamPredictor
 from segrt.runtime.sam_amg import SamAutomaticMaskGenerator, build_point_grid
 
-from .bench import BenchConfig, cache_dir, percentiles
+from .bench import BenchConfig, cache_dir, percentiles, repeat
 
 log = logging.getLogger("segrt")
 SAM_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # native sizes: 512x512 to 427x640
@@ -45,15 +45,14 @@ def _photos() -> list[np.ndarray]:
     return [getattr(skimage.data, n)() for n in SAM_PHOTOS]
 
 
-def _time(fn: Callable[[int], Any], warmup: int, iters: int) -> dict[str, float]:
-    for i in range(warmup):
-        fn(i)
-    samples = []
-    for i in range(iters):
+def _time(fn: Callable[[int], Any], warmup: int, iters: int, seconds: float | None = None) -> dict[str, float]:
+    """Milliseconds per call: ``iters`` calls after ``warmup``, or as many as ``seconds`` allows (bench.repeat)."""
+    def one(i: int) -> float:
         t0 = time.perf_counter()
         fn(i)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return percentiles(samples)
+        return (time.perf_counter() - t0) * 1e3
+
+    return percentiles(repeat(one, BenchConfig(warmup=warmup, iters=iters, seconds=seconds)))
 
 
 def _ratio(torch_ms: dict[str, float], ours_ms: dict[str, float]) -> float:
@@ -82,8 +81,8 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: 
             ours.set_image(images[i % len(images)])
             pre.append(ours.timings["preprocess"] * 1e3)
 
-        row["encoder"] = {"segrt": _time(ours_enc, warm, enc_iters),
-                          "torch": _time(lambda i: theirs.set_image(images[i % len(images)]), warm, enc_iters)}
+        row["encoder"] = {"segrt": _time(ours_enc, warm, enc_iters, cfg.seconds),
+                          "torch": _time(lambda i: theirs.set_image(images[i % len(images)]), warm, enc_iters, cfg.seconds)}
         row["encoder"]["segrt_preprocess_ms"] = float(np.median(pre))
         row["encoder"]["speedup"] = _ratio(row["encoder"]["torch"], row["encoder"]["segrt"])
         for precision in [p for p in precisions if p != "fp32"]:
@@ -93,7 +92,7 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: 
 
             vb = precision_variant(bundle, precision)
             other = SamPredictor(vb, cfg.device, threads=cfg.threads, cache_bytes=0)
-            timing = _time(lambda i, o=other: o.set_image(images[i % len(images)]), warm, enc_iters)
+            timing = _time(lambda i, o=other: o.set_image(images[i % len(images)]), warm, enc_iters, cfg.seconds)
             gate = read_manifest(vb).quantization["gate"]
             row.setdefault("encoder_variants", {})[precision] = {
                 "segrt": timing, "speedup": _ratio(row["encoder"]["torch"], timing), "bundle": str(vb),
@@ -106,16 +105,16 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: 
         theirs.set_image(image)
         h, w = image.shape[:2]
         point = (np.array([[0.45 * w, 0.4 * h]]), np.array([1]))
-        row["decoder_1"] = {"segrt": _time(lambda i: ours.predict(*point), cfg.warmup, cfg.iters),
-                            "torch": _time(lambda i: theirs.predict(*point), cfg.warmup, cfg.iters)}
+        row["decoder_1"] = {"segrt": _time(lambda i: ours.predict(*point), cfg.warmup, cfg.iters, cfg.seconds),
+                            "torch": _time(lambda i: theirs.predict(*point), cfg.warmup, cfg.iters, cfg.seconds)}
         grid = build_point_grid(8) * np.array([w, h])
         coords, labels = grid[:, None, :], np.ones((64, 1), np.int64)
         t_coords = torch.as_tensor(theirs.transform.apply_coords(coords, (h, w)), dtype=torch.float)
         t_labels = torch.ones(64, 1, dtype=torch.int)
         row["decoder_64"] = {
-            "segrt": _time(lambda i: ours.predict_batch(coords, labels, return_logits=True), 1, max(2, cfg.iters // 5)),
+            "segrt": _time(lambda i: ours.predict_batch(coords, labels, return_logits=True), 1, max(2, cfg.iters // 5), cfg.seconds),
             "torch": _time(lambda i: theirs.predict_torch(t_coords, t_labels, return_logits=True), 1,
-                           max(2, cfg.iters // 5))}
+                           max(2, cfg.iters // 5), cfg.seconds)}
         for key in ("decoder_1", "decoder_64"):
             row[key]["speedup"] = _ratio(row[key]["torch"], row[key]["segrt"])
 

@@ -138,7 +138,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .machine import describe
 
     sizes = args.size or [(512, 512)]
-    cfg = BenchConfig(size=sizes[0], warmup=args.warmup, iters=args.iters, threads=args.threads,
+    cfg = BenchConfig(size=sizes[0], warmup=args.warmup, iters=args.iters, seconds=args.seconds, threads=args.threads,
                       baseline="torch" in args.baseline, compile="compile" in args.baseline, device=args.device[0])
     if args.sam:
         return _bench_sam(args, cfg)
@@ -187,7 +187,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _config(cfg: Any, args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict[str, Any]:
-    return {"warmup": cfg.warmup, "iters": cfg.iters, "threads": cfg.threads, "baseline": args.baseline,
+    return {"warmup": cfg.warmup, "iters": cfg.iters, "seconds": cfg.seconds, "threads": cfg.threads, "baseline": args.baseline,
             "devices": args.device, "precisions": args.precision or "as exported", "sizes": [list(z) for z in sizes],
             "batches": args.batch, "size": list(cfg.size)}
 
@@ -278,7 +278,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: each bundle as it is)")
     p.add_argument("--batch", type=_batches, default=[1], help="comma-separated batch sizes (semantic bundles), e.g. 1,2,4")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=20)
+    count = p.add_mutually_exclusive_group()
+    count.add_argument("--iters", type=int, default=20, help="timed runs per row (after --warmup)")
+    count.add_argument("--seconds", type=float, help="time each row for S seconds instead (at least 3 runs)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both runtimes")
     p.add_argument("--baseline", type=_baselines, default=["torch"],
                    help="comma-separated: torch (eager), compile (torch.compile too, where it works; minutes to compile), none")

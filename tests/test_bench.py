@@ -42,10 +42,32 @@ def test_bench_row_on_a_real_model(tmp_path) -> None:
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_bad_bench_arguments() -> None:
+def test_bad_bench_arguments(capsys) -> None:
     with pytest.raises(InvalidInputError, match="--iters >= 1"):
         BenchConfig(iters=0)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(InvalidInputError, match="--seconds must be a positive number"):
+            BenchConfig(seconds=bad)
     assert main(["bench"]) == 2  # neither bundles nor --quick
+    with pytest.raises(SystemExit) as exc:  # a count or a duration, not both
+        main(["bench", "--quick", "--iters", "5", "--seconds", "2"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_seconds_budget_replaces_the_count() -> None:
+    """--iters N runs exactly N timed calls after the warm-up; --seconds S runs until S have passed (and at
+    least MIN_TIMED calls, so a slow model still gets percentiles), inputs rotating with the call index."""
+    import time
+
+    from segrt.benchmarks.bench import MIN_TIMED, repeat
+
+    calls: list[int] = []
+    runs = repeat(lambda i: calls.append(i) or i, BenchConfig(warmup=2, iters=5))
+    assert runs == [0, 1, 2, 3, 4] and calls == [0, 1, 0, 1, 2, 3, 4]
+    t0 = time.perf_counter()
+    runs = repeat(lambda i: time.sleep(0.01) or i, BenchConfig(warmup=0, iters=1, seconds=0.15))
+    assert time.perf_counter() - t0 >= 0.15 and runs == list(range(len(runs))) and len(runs) > MIN_TIMED
+    assert len(repeat(lambda i: time.sleep(0.1), BenchConfig(warmup=0, seconds=0.01))) == MIN_TIMED
 
 
 def test_compare_two_recorded_results(capsys) -> None:

@@ -55,7 +55,7 @@ def clip(tmp_path_factory) -> Path:
         import skimage.data
 
         photo = skimage.data.astronaut()
-        frames = [np.ascontiguousarray(photo[40 + 4 * i : 328 + 4 * i, 20 + 6 * i : 404 + 6 * i]) for i in range(24)]
+        frames = [np.ascontiguousarray(photo[40 + 4 * i : 328 + 4 * i, 20 + 4 * i : 404 + 4 * i]) for i in range(24)]  # inside 512x512
     h, w = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
     for f in frames:
