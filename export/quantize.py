@@ -225,17 +225,22 @@ def _pre_process(src: Path, tmp: Path) -> Path:
         return src
 
 
-_FAMILY_NOTE = {"instance": "RPN, RoI heads and NMS branches outside /backbone/ kept float",
+_FAMILY_NOTE = {"instance": "RPN, RoI heads and NMS branches outside /backbone/ kept float; in the backbone + FPN "
+                            "only Conv is quantized (residual Adds, max-pool and the FPN's upsampling stay float)",
                 "sam": "attention products q@k and attn@v kept float"}
 
 
 def _int8_family_defaults(task: str, graph: Any) -> tuple[list[str], list[str] | None]:
     """Nodes each family keeps in float, and the op types it quantizes (None: ONNX Runtime's default set).
-    Mask R-CNN: only the backbone + FPN (the heads' box arithmetic and score ordering are what INT8 breaks).
+    Mask R-CNN: only the backbone + FPN (the heads' box arithmetic and score ordering are what INT8 breaks),
+    and there only Conv: on the full ``maskrcnn`` fixture (40 held-out scenes) ONNX Runtime's default op set
+    (residual Adds, MaxPool, Resize too) scored mask IoU 0.853 against FP32, Conv alone 0.876, at the same
+    speed (seeded R50-FPN at 800 px: 806 vs 809 ms, 1.22x FP32). Keeping the FPN float too scored 0.889 but
+    gave back most of the gain (1.08x): its 3x3 convs at stride 4 are a large share of the compute.
     SAM's encoder (static route, target=tensorrt): Conv and the weight MatMuls; the attention products stay
     float, as in FP16."""
     if task == "instance":
-        return _instance_heads(graph), None
+        return _instance_heads(graph), ["Conv"]
     if task == "sam":
         return _attention_products(graph), ["Conv", "MatMul", "Gemm"]
     return [], None

@@ -161,7 +161,7 @@ def test_maskrcnn_fp16_backbone_and_gated_int8(maskrcnn, tmp_path) -> None:
                                                                                eval_images=val, min_score=0.0))
     assert 0.0 < i8.quantization["gate"]["score"] <= 1.0
     q = i8.quantization["graphs"]["model.onnx"]
-    assert "outside /backbone/" in q["excluded_nodes"][-1]
+    assert "outside /backbone/" in q["excluded_nodes"][-1] and q["op_types_quantized"] == ["Conv"]
     model = onnx.load(str(tmp_path / "int8" / "model.onnx"))
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
     fed = {n.name.split("/")[1]: producer.get(n.input[1]) for n in model.graph.node if n.op_type == "Conv"}
