@@ -195,9 +195,10 @@ def _float_outputs(model: Any) -> None:
     onnx.checker.check_model(model)
 
 
-def _cache_key(src: Path, cfg: QuantizeConfig, images: list[str]) -> str:
-    """The calibration cache's name: the model's bytes, the calibrator and the images it saw."""
-    key = f"{sha256_file(src)}{(cfg.calibrator, cfg.samples, images)!r}"
+def _cache_key(src: Path, cfg: QuantizeConfig, images: list[str], op_types: list[str] | None) -> str:
+    """The calibration cache's name: the model's bytes, the calibrator, the images it saw and the op types
+    whose tensors it calibrated (a cache made for fewer op types lacks ranges a wider set needs)."""
+    key = f"{sha256_file(src)}{(cfg.calibrator, cfg.samples, images, op_types)!r}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -282,10 +283,6 @@ def to_int8(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest
     if cfg.calib is None:
         raise InvalidInputError("int8 needs --calib IMAGES_DIR|VIDEO (a few dozen images like the ones it will see)")
     names, images = load_images(cfg.calib, cfg.samples)
-    cache = bundle / "calibration" / f"{Path(m.model_file).stem}-{_cache_key(src, cfg, names)}.json"
-    cache.parent.mkdir(exist_ok=True)
-    hit = cache.is_file()
-    log.info("%s calibration ranges %s", "reusing" if hit else "computing", cache)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibrator]
     import onnx
@@ -293,6 +290,10 @@ def to_int8(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest
     prepared = _pre_process(src, dst.with_name(f".{dst.name}.pre.onnx"))
     trt = cfg.target == "tensorrt"
     family, op_types = _int8_family_defaults(m.task, onnx.load(str(prepared), load_external_data=False))
+    cache = bundle / "calibration" / f"{Path(m.model_file).stem}-{_cache_key(src, cfg, names, op_types)}.json"
+    cache.parent.mkdir(exist_ok=True)
+    hit = cache.is_file()
+    log.info("%s calibration ranges %s", "reusing" if hit else "computing", cache)
     try:
         quantize_static(
             str(prepared), str(dst), None if hit else _Reader(calibration_feeds(bundle, m, images)),
