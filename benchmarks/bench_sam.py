@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,14 @@ def _photos() -> list[np.ndarray]:
     return [getattr(skimage.data, n)() for n in SAM_PHOTOS]
 
 
-def _time(fn: Callable[[int], Any], warmup: int, iters: int, seconds: float | None = None) -> dict[str, float]:
-    """Milliseconds per call: ``iters`` calls after ``warmup``, or as many as ``seconds`` allows (bench.repeat)."""
+def _time(fn: Callable[[int], Any], cfg: BenchConfig) -> dict[str, float]:
+    """Milliseconds per call, repeated as ``cfg`` says (bench.repeat: --iters or --seconds, after --warmup)."""
     def one(i: int) -> float:
         t0 = time.perf_counter()
         fn(i)
         return (time.perf_counter() - t0) * 1e3
 
-    return percentiles(repeat(one, BenchConfig(warmup=warmup, iters=iters, seconds=seconds)))
+    return percentiles(repeat(one, cfg))
 
 
 def _ratio(torch_ms: dict[str, float], ours_ms: dict[str, float]) -> float:
@@ -71,7 +72,8 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: 
     images = _photos()
     ours = SamPredictor(bundle, cfg.device, threads=cfg.threads, cache_bytes=0)
     theirs = TorchPredictor(model)
-    enc_iters, warm = max(2, cfg.iters // 5), min(cfg.warmup, 1)
+    # seconds per call: the encoder and the 64-prompt decoder get a fifth of the calls and (at most) one warm-up
+    slow = replace(cfg, iters=max(2, cfg.iters // 5), warmup=min(cfg.warmup, 1))
     row: dict[str, Any] = {"model": f"sam/{variant}", "bundle": str(bundle), "weights": "seeded (untrained)",
                            "backend": ours.encoder.name, "photos": list(SAM_PHOTOS)}
     with torch.inference_mode():
@@ -81,8 +83,8 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: 
             ours.set_image(images[i % len(images)])
             pre.append(ours.timings["preprocess"] * 1e3)
 
-        row["encoder"] = {"segrt": _time(ours_enc, warm, enc_iters, cfg.seconds),
-                          "torch": _time(lambda i: theirs.set_image(images[i % len(images)]), warm, enc_iters, cfg.seconds)}
+        row["encoder"] = {"segrt": _time(ours_enc, slow),
+                          "torch": _time(lambda i: theirs.set_image(images[i % len(images)]), slow)}
         row["encoder"]["segrt_preprocess_ms"] = float(np.median(pre))
         row["encoder"]["speedup"] = _ratio(row["encoder"]["torch"], row["encoder"]["segrt"])
         for precision in [p for p in precisions if p != "fp32"]:
@@ -92,7 +94,7 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: 
 
             vb = precision_variant(bundle, precision)
             other = SamPredictor(vb, cfg.device, threads=cfg.threads, cache_bytes=0)
-            timing = _time(lambda i, o=other: o.set_image(images[i % len(images)]), warm, enc_iters, cfg.seconds)
+            timing = _time(lambda i, o=other: o.set_image(images[i % len(images)]), slow)
             gate = read_manifest(vb).quantization["gate"]
             row.setdefault("encoder_variants", {})[precision] = {
                 "segrt": timing, "speedup": _ratio(row["encoder"]["torch"], timing), "bundle": str(vb),
@@ -105,16 +107,15 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: 
         theirs.set_image(image)
         h, w = image.shape[:2]
         point = (np.array([[0.45 * w, 0.4 * h]]), np.array([1]))
-        row["decoder_1"] = {"segrt": _time(lambda i: ours.predict(*point), cfg.warmup, cfg.iters, cfg.seconds),
-                            "torch": _time(lambda i: theirs.predict(*point), cfg.warmup, cfg.iters, cfg.seconds)}
+        row["decoder_1"] = {"segrt": _time(lambda i: ours.predict(*point), cfg),
+                            "torch": _time(lambda i: theirs.predict(*point), cfg)}
         grid = build_point_grid(8) * np.array([w, h])
         coords, labels = grid[:, None, :], np.ones((64, 1), np.int64)
         t_coords = torch.as_tensor(theirs.transform.apply_coords(coords, (h, w)), dtype=torch.float)
         t_labels = torch.ones(64, 1, dtype=torch.int)
-        row["decoder_64"] = {
-            "segrt": _time(lambda i: ours.predict_batch(coords, labels, return_logits=True), 1, max(2, cfg.iters // 5), cfg.seconds),
-            "torch": _time(lambda i: theirs.predict_torch(t_coords, t_labels, return_logits=True), 1,
-                           max(2, cfg.iters // 5), cfg.seconds)}
+        batch = replace(slow, warmup=1)
+        row["decoder_64"] = {"segrt": _time(lambda i: ours.predict_batch(coords, labels, return_logits=True), batch),
+                             "torch": _time(lambda i: theirs.predict_torch(t_coords, t_labels, return_logits=True), batch)}
         for key in ("decoder_1", "decoder_64"):
             row[key]["speedup"] = _ratio(row[key]["torch"], row[key]["segrt"])
 
