@@ -59,6 +59,10 @@ bool check(bool ok, const char* message) {
 }
 
 // -- threads ---------------------------------------------------------------------------------------
+// The calling thread's own cap (0: none). A pipeline's stage threads set 1: the pipeline already keeps
+// every core busy with whole stages, so splitting one kernel's rows only adds thread start-ups.
+thread_local int thread_limit = 0;
+
 int thread_count() {
     static int n = [] {
         const char* env = std::getenv("SEGRT_NATIVE_THREADS");
@@ -66,8 +70,19 @@ int thread_count() {
         if (v <= 0) v = static_cast<int>(std::thread::hardware_concurrency());
         return std::max(1, std::min(v, 16));
     }();
-    return n;
+    return thread_limit > 0 ? std::min(n, thread_limit) : n;
 }
+
+PyObject* set_thread_limit(PyObject*, PyObject* args) {
+    int limit = 0;
+    if (!PyArg_ParseTuple(args, "i", &limit)) return nullptr;
+    if (!check(limit >= 0, "thread limit must be >= 0 (0: no limit)")) return nullptr;
+    int previous = thread_limit;
+    thread_limit = limit;
+    return PyLong_FromLong(previous);
+}
+
+PyObject* kernel_threads(PyObject*, PyObject*) { return PyLong_FromLong(thread_count()); }
 
 // Runs fn(begin, end) over [0, n) in contiguous chunks; threads only when work (a cost estimate in
 // element operations) pays for starting them.
@@ -647,6 +662,8 @@ PyMethodDef methods[] = {
     {"paste_masks", paste_masks, METH_VARARGS, "(N, M, M) probabilities -> (N, H, W) masks inside their boxes"},
     {"rle_strings", rle_strings, METH_VARARGS, "(N, H, W) bool -> COCO compressed RLE count strings"},
     {"overlay_labels", overlay_labels, METH_VARARGS, "colour a label map over an RGB image"},
+    {"kernel_threads", kernel_threads, METH_NOARGS, "threads a large kernel uses on the calling thread"},
+    {"set_thread_limit", set_thread_limit, METH_VARARGS, "the calling thread's kernel thread cap (0: none); returns the previous"},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -212,18 +212,44 @@ class _Reader:
         return next(self._it, None)
 
 
+#: Per-channel QuantizeLinear/DequantizeLinear (their ``axis`` attribute) exist from opset 13.
+QDQ_MIN_OPSET = 13
+
+
 def _pre_process(src: Path, tmp: Path) -> Path:
     """onnxruntime's recommended pre-quantization pass (shape inference, graph optimisation: Conv+BN
-    and similar folds so ranges are calibrated on the tensors that will really be quantized)."""
+    and similar folds so ranges are calibrated on the tensors that will really be quantized), then an
+    opset upgrade to 13 where the graph is older (imported models, e.g. PP-OCR's at opset 12):
+    onnxruntime writes per-channel DequantizeLinear with ``axis`` whatever the opset, which an opset-12
+    graph cannot hold."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
         quant_pre_process(str(src), str(tmp), skip_symbolic_shape=True)
-        return tmp
+        prepared = tmp
     except Exception as exc:  # an optimisation, never a reason to fail
         log.warning("quantization pre-processing failed (%s); quantizing the graph as exported", exc)
         tmp.unlink(missing_ok=True)
-        return src
+        prepared = src
+    return _upgrade_opset(prepared, tmp)
+
+
+def _upgrade_opset(path: Path, tmp: Path) -> Path:
+    import onnx
+    from onnx import version_converter
+
+    head = onnx.load(str(path), load_external_data=False)
+    opset = next((o.version for o in head.opset_import if o.domain in ("", "ai.onnx")), QDQ_MIN_OPSET)
+    if opset >= QDQ_MIN_OPSET:
+        return path
+    try:
+        model = version_converter.convert_version(onnx.load(str(path)), QDQ_MIN_OPSET)
+    except Exception as exc:  # onnx raises untyped errors for ops it cannot convert
+        raise ExportError(f"INT8 needs opset {QDQ_MIN_OPSET} (per-channel DequantizeLinear); converting this "
+                          f"opset-{opset} graph failed: {str(exc).splitlines()[0]}") from None
+    log.info("opset %d -> %d for per-channel quantization", opset, QDQ_MIN_OPSET)
+    onnx.save(model, str(tmp))
+    return tmp
 
 
 _FAMILY_NOTE = {"instance": "RPN, RoI heads and NMS branches outside /backbone/ kept float; in the backbone + FPN "

@@ -12,6 +12,8 @@ is widened once and reused by the output rows around it).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 ROW_BLOCK = 64  # output rows per step where the reference would otherwise hold full-resolution floats
@@ -138,3 +140,21 @@ def overlay_labels(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, a
     src = image[fg].astype(np.uint32)
     col = colours[labels[fg]].astype(np.uint32)
     out[fg] = ((src * (256 - alpha256) + col * alpha256 + 128) >> 8).astype(np.uint8)
+
+
+_limits = threading.local()
+
+
+def set_thread_limit(limit: int) -> int:
+    """The calling thread's kernel thread cap (0: none); returns the previous one. NumPy runs each kernel on
+    the calling thread anyway, so here it is only remembered, as the extension's is."""
+    if limit < 0:
+        raise ValueError("thread limit must be >= 0 (0: no limit)")
+    previous = getattr(_limits, "value", 0)
+    _limits.value = limit
+    return previous
+
+
+def kernel_threads() -> int:
+    """Threads a large kernel uses on the calling thread: NumPy's twin always runs on the caller."""
+    return 1

@@ -12,9 +12,11 @@ composed table per axis (K = 4) applied in a single pass, never materialising th
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
@@ -80,6 +82,20 @@ def use(name: str) -> None:
         _active = module
     else:
         raise InvalidInputError(f"implementation must be 'native' or 'reference'; got {name!r}")
+
+
+@contextlib.contextmanager
+def thread_limit(limit: int) -> Iterator[None]:
+    """Cap the kernels' threads for the calling thread inside the block (``SEGRT_NATIVE_THREADS`` caps every
+    thread). Streams run their stages with 1: the pipeline already keeps every core busy with whole stages,
+    and splitting one kernel's rows across more threads only adds thread start-ups and contention."""
+    if limit < 0:
+        raise InvalidInputError(f"thread limit must be >= 0 (0: no limit); got {limit}")
+    previous = impl().set_thread_limit(limit)
+    try:
+        yield
+    finally:
+        impl().set_thread_limit(previous)
 
 
 # -- taps ------------------------------------------------------------------------------------------

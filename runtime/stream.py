@@ -31,7 +31,7 @@ from typing import Any, Union
 import cv2
 import numpy as np
 
-from . import prepost
+from . import kernels, prepost
 from .errors import BackendUnavailableError, InvalidInputError, SegrtError
 from .image import IMAGE_SUFFIXES, list_images, read_image, to_display_rgb
 from .instance import InstanceResult, InstanceSegmenter
@@ -400,7 +400,8 @@ class Stream:
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
             try:
-                fn()
+                with kernels.thread_limit(1):  # the stages are the parallelism (see kernels.thread_limit)
+                    fn()
             except BaseException as exc:  # surfaced to the consumer, which re-raises it
                 self._errors.append(exc)
                 self._stop.set()

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from . import kernels
 from .backends import DEVICES
 from .errors import InvalidInputError
 from .instance import InstanceResult
@@ -81,7 +82,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         if args.show:
             display = Display(f"segrt {args.bundle.name}")
         total = s.report.expected_frames
-        with tqdm(total=total, unit="frame", file=sys.stderr, disable=args.quiet) as bar:
+        # drawing and encoding are the pipeline's last stage: kernels single-threaded like the others
+        with tqdm(total=total, unit="frame", file=sys.stderr, disable=args.quiet) as bar, kernels.thread_limit(1):
             for frame, result in s:
                 if sink is not None or display is not None:
                     picture = annotate(frame, result, bar.format_dict.get("rate"))

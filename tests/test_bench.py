@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -166,3 +168,32 @@ def test_device_memory_is_absent_not_invented_without_a_gpu() -> None:
     rec = mem.record()
     assert "device_peak_mb" not in rec and rec["peak_delta_mb"] > 100
     assert describe(1)["gpu"] is None
+
+
+def test_stream_bench_pairs_sequential_and_pipelined_runs(tmp_path) -> None:
+    """`segrt bench --stream` on PP-OCR's detector over a short real-photo clip: both sides process every
+    frame; the speedup is the median of the per-pair ratios, with the CPU time each side spent."""
+    import json
+
+    import cv2
+    import skimage.data
+
+    import_onnx(ImportConfig(model=PPOCR, threshold=0.3, classes=("background", "text")), tmp_path / "ocr")
+    photo = skimage.data.astronaut()
+    clip = tmp_path / "pan.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 256))
+    for i in range(12):
+        writer.write(np.ascontiguousarray(photo[8 * i : 256 + 8 * i, 8 * i : 320 + 8 * i, ::-1]))
+    writer.release()
+    out = tmp_path / "stream.json"
+    assert main(["bench", "--stream", str(tmp_path / "ocr"), "--source", str(clip), "--stream-frames", "12",
+                 "--json", str(out), "--markdown", str(tmp_path / "stream.md")]) == 0
+    (r,) = json.loads(out.read_text())["results"]
+    seq, pipe = r["runs"]["sequential"], r["runs"]["pipelined"]
+    assert len(seq) == len(pipe) == len(r["pair_speedups"]) == 3
+    assert all(run["frames"] == 12 and run["cpu_ms_per_frame"] > 0 for run in seq + pipe)
+    assert r["pair_speedups"] == pytest.approx([p["fps"] / q["fps"] for q, p in zip(seq, pipe)])
+    assert r["speedup"] == pytest.approx(float(np.median(r["pair_speedups"])))
+    assert r["precision"] == "fp32" and r["workers"] == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    row = next(line for line in (tmp_path / "stream.md").read_text().splitlines() if line.startswith("| ocr |"))
+    assert f"{r['speedup']:.2f}x" in row and ("NOT met" in row) == (r["speedup"] < 1.3)

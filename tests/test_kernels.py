@@ -279,3 +279,32 @@ def test_environment_switch_and_clean_fallback(tmp_path) -> None:
     assert bad.returncode == 2 and "must be 'native' or 'reference'" in bad.stderr
     info = _run(f"from segrt.runtime.cli import main; main(['info', {str(tmp_path / 'b')!r}])", SEGRT_PREPOST="reference")
     assert '"prepost": "reference"' in info.stdout
+
+
+def test_thread_limit_is_per_thread_and_changes_no_result() -> None:
+    """Streams cap their stage threads' kernels at one thread (the stages are the parallelism); the cap
+    belongs to the calling thread, is restored on leaving the block, and changes no output bit."""
+    import threading
+
+    from segrt.runtime import _native
+
+    kernels.use("native")
+    full = _native.kernel_threads()
+    scores = RNG.standard_normal((5, 120, 160)).astype(np.float32)
+    rows, cols = chain(120, 480, 0, 480, 1080), chain(160, 640, 0, 640, 1440)
+    unlimited = kernels.upsample_argmax(scores, rows, cols, confidence=True)
+    seen: dict[str, int] = {}
+    with kernels.thread_limit(1):
+        assert _native.kernel_threads() == 1
+        other = threading.Thread(target=lambda: seen.update(other=_native.kernel_threads()))
+        other.start()
+        other.join()
+        limited = kernels.upsample_argmax(scores, rows, cols, confidence=True)
+    assert seen["other"] == full and _native.kernel_threads() == full
+    same(unlimited, limited)
+    with pytest.raises(InvalidInputError, match="thread limit"):
+        with kernels.thread_limit(-1):
+            pass
+    kernels.use("reference")
+    with kernels.thread_limit(1):
+        assert kernels.impl().kernel_threads() == 1
