@@ -3,8 +3,9 @@
 Both sides do the same work per frame on the same video: decode, segment, draw the overlay with the
 FPS/latency caption, encode into an MJPG .avi. The sequential loop is what a user writes first
 (``load(bundle)`` with the backend's default threads, one frame at a time); the pipeline is
-``segrt.runtime.stream`` with its defaults. Runs alternate (sequential, pipelined, sequential, ...) so
-both see the same machine state; throughput is frames over wall time, first read to last write.
+``segrt.runtime.stream`` with its defaults. Runs come in pairs (sequential, then pipelined) so both sides
+of a ratio see the same machine state; throughput is frames over wall time, first read to last write, and
+the speedup is the median of the pairs' ratios. Each run also records the process's CPU time per frame.
 """
 
 from __future__ import annotations
