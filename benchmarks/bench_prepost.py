@@ -16,19 +16,20 @@ import numpy as np
 from segrt.runtime import kernels, prepost
 from segrt.runtime.manifest import InputSpec, OutputSpec
 
+from .bench import BenchConfig, percentiles, repeat
+
 GOAL = 3.0
 FRAME = (1080, 1920)
 
 
-def _time(fn: Callable[[], Any], iters: int, warmup: int = 2) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    t = []
-    for _ in range(iters):
+def _time(fn: Callable[[], Any], iters: int) -> dict[str, float]:
+    """Percentiles of ``fn``'s wall time in ms over ``iters`` calls after 2 untimed ones (bench.repeat)."""
+    def timed(_: int) -> float:
         t0 = time.perf_counter()
         fn()
-        t.append((time.perf_counter() - t0) * 1e3)
-    return {"p50": float(np.percentile(t, 50)), "p90": float(np.percentile(t, 90)), "mean": float(np.mean(t))}
+        return (time.perf_counter() - t0) * 1e3
+
+    return percentiles(repeat(timed, BenchConfig(warmup=2, iters=iters)))
 
 
 # segrt 0.1's OpenCV steps (before the kernels), kept here as the benchmark's second baseline.
