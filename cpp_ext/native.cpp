@@ -511,7 +511,8 @@ PyObject* paste_masks(PyObject*, PyObject* args) {
     Py_BEGIN_ALLOW_THREADS
     parallel_for(N, work * 8, [&](Py_ssize_t n0, Py_ssize_t n1) {
         Axis ax, ay;
-        std::vector<float> padded(P * P);
+        std::vector<float> padded(P * P), rows;  // rows: padded rows widened to the box, each once
+        std::vector<char> widened(P);
         for (Py_ssize_t n = n0; n < n1; ++n) {
             int32_t x0 = bp[4 * n], y0 = bp[4 * n + 1], x1 = bp[4 * n + 2], y1 = bp[4 * n + 3];
             Py_ssize_t w = std::max<Py_ssize_t>(x1 - x0 + 1, 1), h = std::max<Py_ssize_t>(y1 - y0 + 1, 1);
@@ -522,21 +523,36 @@ PyObject* paste_masks(PyObject*, PyObject* args) {
             for (Py_ssize_t r = 0; r < M; ++r) std::memcpy(&padded[(r + 1) * P + 1], mp + (n * M + r) * M, M * sizeof(float));
             axis_taps(w, P, ax);
             axis_taps(h, P, ay);
+            Py_ssize_t span = xb - xa;
+            rows.resize(P * span);
+            std::fill(widened.begin(), widened.end(), 0);
+            // Horizontal pass of padded row r over the visible columns: the reference's h0 (or h1) for every
+            // output row that reads r, computed once instead of once per output row.
+            auto widen = [&](Py_ssize_t r) -> const float* {
+                float* dst = &rows[r * span];
+                if (!widened[r]) {
+                    const float* src = &padded[r * P];
+                    for (Py_ssize_t x = xa; x < xb; ++x) {
+                        Py_ssize_t i = x - x0;
+                        float v = src[ax.i0[i]] * ax.l0[i];
+                        v += src[ax.i1[i]] * ax.l1[i];
+                        dst[x - xa] = v;
+                    }
+                    widened[r] = 1;
+                }
+                return dst;
+            };
             bool* plane = op + n * H * W;
             for (Py_ssize_t y = ya; y < yb; ++y) {
                 Py_ssize_t j = y - y0;
-                const float* r0 = &padded[ay.i0[j] * P];
-                const float* r1 = &padded[ay.i1[j] * P];
+                const float* h0 = widen(ay.i0[j]);
+                const float* h1 = widen(ay.i1[j]);
                 float wy0 = ay.l0[j], wy1 = ay.l1[j];
-                for (Py_ssize_t x = xa; x < xb; ++x) {
-                    Py_ssize_t i = x - x0;
-                    float h0 = r0[ax.i0[i]] * ax.l0[i];
-                    h0 += r0[ax.i1[i]] * ax.l1[i];
-                    float h1 = r1[ax.i0[i]] * ax.l0[i];
-                    h1 += r1[ax.i1[i]] * ax.l1[i];
-                    float v = h0 * wy0;
-                    v += h1 * wy1;
-                    plane[y * W + x] = v > thr;
+                bool* dst = plane + y * W + xa;
+                for (Py_ssize_t k = 0; k < span; ++k) {
+                    float v = h0[k] * wy0;
+                    v += h1[k] * wy1;
+                    dst[k] = v > thr;
                 }
             }
         }
