@@ -95,6 +95,16 @@ def repeat(fn: Callable[[int], Any], cfg: BenchConfig) -> list[Any]:
     return runs
 
 
+def time_ms(fn: Callable[[int], Any], cfg: BenchConfig) -> dict[str, float]:
+    """Percentiles of ``fn(i)``'s wall time in ms, repeated as ``cfg`` says (see :func:`repeat`)."""
+    def one(i: int) -> float:
+        t0 = time.perf_counter()
+        fn(i)
+        return (time.perf_counter() - t0) * 1e3
+
+    return percentiles(repeat(one, cfg))
+
+
 def _timed(fn: Callable[[int], dict[str, float]], cfg: BenchConfig) -> dict[str, dict[str, float]]:
     runs = repeat(fn, cfg)
     return {stage: percentiles([r[stage] for r in runs]) for stage in runs[0]}

@@ -16,20 +16,15 @@ import numpy as np
 from segrt.runtime import kernels, prepost
 from segrt.runtime.manifest import InputSpec, OutputSpec
 
-from .bench import BenchConfig, percentiles, repeat
+from .bench import BenchConfig, time_ms
 
 GOAL = 3.0
 FRAME = (1080, 1920)
 
 
 def _time(fn: Callable[[], Any], iters: int) -> dict[str, float]:
-    """Percentiles of ``fn``'s wall time in ms over ``iters`` calls after 2 untimed ones (bench.repeat)."""
-    def timed(_: int) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-
-    return percentiles(repeat(timed, BenchConfig(warmup=2, iters=iters)))
+    """Percentiles of ``fn``'s wall time in ms over ``iters`` calls after 2 untimed ones."""
+    return time_ms(lambda _: fn(), BenchConfig(warmup=2, iters=iters))
 
 
 # segrt 0.1's OpenCV steps (before the kernels), kept here as the benchmark's second baseline.

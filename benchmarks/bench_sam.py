@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 from segrt.runtime.sam import SamPredictor
 from segrt.runtime.sam_amg import SamAutomaticMaskGenerator, build_point_grid
 
-from .bench import BenchConfig, cache_dir, percentiles, repeat
+from .bench import BenchConfig, cache_dir, time_ms
 
 log = logging.getLogger("segrt")
 SAM_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # native sizes: 512x512 to 427x640
@@ -44,16 +43,6 @@ def _photos() -> list[np.ndarray]:
     import skimage.data
 
     return [getattr(skimage.data, n)() for n in SAM_PHOTOS]
-
-
-def _time(fn: Callable[[int], Any], cfg: BenchConfig) -> dict[str, float]:
-    """Milliseconds per call, repeated as ``cfg`` says (bench.repeat: --iters or --seconds, after --warmup)."""
-    def one(i: int) -> float:
-        t0 = time.perf_counter()
-        fn(i)
-        return (time.perf_counter() - t0) * 1e3
-
-    return percentiles(repeat(one, cfg))
 
 
 def _ratio(torch_ms: dict[str, float], ours_ms: dict[str, float]) -> float:
@@ -83,8 +72,8 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: 
             ours.set_image(images[i % len(images)])
             pre.append(ours.timings["preprocess"] * 1e3)
 
-        row["encoder"] = {"segrt": _time(ours_enc, slow),
-                          "torch": _time(lambda i: theirs.set_image(images[i % len(images)]), slow)}
+        row["encoder"] = {"segrt": time_ms(ours_enc, slow),
+                          "torch": time_ms(lambda i: theirs.set_image(images[i % len(images)]), slow)}
         row["encoder"]["segrt_preprocess_ms"] = float(np.median(pre))
         row["encoder"]["speedup"] = _ratio(row["encoder"]["torch"], row["encoder"]["segrt"])
         for precision in [p for p in precisions if p != "fp32"]:
@@ -94,7 +83,7 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: 
 
             vb = precision_variant(bundle, precision)
             other = SamPredictor(vb, cfg.device, threads=cfg.threads, cache_bytes=0)
-            timing = _time(lambda i, o=other: o.set_image(images[i % len(images)]), slow)
+            timing = time_ms(lambda i, o=other: o.set_image(images[i % len(images)]), slow)
             gate = read_manifest(vb).quantization["gate"]
             row.setdefault("encoder_variants", {})[precision] = {
                 "segrt": timing, "speedup": _ratio(row["encoder"]["torch"], timing), "bundle": str(vb),
@@ -107,15 +96,15 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: 
         theirs.set_image(image)
         h, w = image.shape[:2]
         point = (np.array([[0.45 * w, 0.4 * h]]), np.array([1]))
-        row["decoder_1"] = {"segrt": _time(lambda i: ours.predict(*point), cfg),
-                            "torch": _time(lambda i: theirs.predict(*point), cfg)}
+        row["decoder_1"] = {"segrt": time_ms(lambda i: ours.predict(*point), cfg),
+                            "torch": time_ms(lambda i: theirs.predict(*point), cfg)}
         grid = build_point_grid(8) * np.array([w, h])
         coords, labels = grid[:, None, :], np.ones((64, 1), np.int64)
         t_coords = torch.as_tensor(theirs.transform.apply_coords(coords, (h, w)), dtype=torch.float)
         t_labels = torch.ones(64, 1, dtype=torch.int)
         batch = replace(slow, warmup=1)
-        row["decoder_64"] = {"segrt": _time(lambda i: ours.predict_batch(coords, labels, return_logits=True), batch),
-                             "torch": _time(lambda i: theirs.predict_torch(t_coords, t_labels, return_logits=True), batch)}
+        row["decoder_64"] = {"segrt": time_ms(lambda i: ours.predict_batch(coords, labels, return_logits=True), batch),
+                             "torch": time_ms(lambda i: theirs.predict_torch(t_coords, t_labels, return_logits=True), batch)}
         for key in ("decoder_1", "decoder_64"):
             row[key]["speedup"] = _ratio(row[key]["torch"], row[key]["segrt"])
 

@@ -11,7 +11,6 @@ the speedup is the median of the pairs' ratios. Each run also records the proces
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -179,30 +178,26 @@ def ocr_calibration() -> Path:
     FP32 text pixels); with these it agrees with FP32 on 92.8 % of that page's pixels (letterbox 98.7 %)."""
     import skimage.data
 
+    from segrt.export.bundle import atomic_dir
     from segrt.export.quant_gate import load_images
 
     out = cache_dir() / "calib-ppocr"
-    if (out / "done").is_file():
+    if out.is_dir():
         return out
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     names, frames = load_images(require_vtest(), 12)
-    for name, frame in zip(names, frames):
-        cv2.imwrite(str(tmp / f"{name.replace('#', '-')}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(tmp / "skimage-text.png"), skimage.data.text())
-    rng = np.random.default_rng(0)
-    backgrounds = (skimage.data.coffee(), skimage.data.chelsea(), np.full((480, 640, 3), 235, np.uint8),
-                   skimage.data.astronaut())
-    for k, bg in enumerate(backgrounds):
-        page = cv2.resize(bg, (640, 480))
-        for line in range(8):
-            cv2.putText(page, f"segrt streams video frames {rng.integers(1000)}", (20, 50 + 55 * line),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.6 + 0.3 * (line % 3), (0, 0, 0) if k % 2 else (255, 255, 255), 2)
-        cv2.imwrite(str(tmp / f"printed-{k}.png"), cv2.cvtColor(page, cv2.COLOR_RGB2BGR))
-    (tmp / "done").touch()
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+    with atomic_dir(out, force=True) as tmp:  # the folder appears complete or not at all
+        for name, frame in zip(names, frames):
+            cv2.imwrite(str(tmp / f"{name.replace('#', '-')}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(tmp / "skimage-text.png"), skimage.data.text())
+        rng = np.random.default_rng(0)
+        backgrounds = (skimage.data.coffee(), skimage.data.chelsea(), np.full((480, 640, 3), 235, np.uint8),
+                       skimage.data.astronaut())
+        for k, bg in enumerate(backgrounds):
+            page = cv2.resize(bg, (640, 480))
+            for line in range(8):
+                cv2.putText(page, f"segrt streams video frames {rng.integers(1000)}", (20, 50 + 55 * line),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.6 + 0.3 * (line % 3), (0, 0, 0) if k % 2 else (255, 255, 255), 2)
+            cv2.imwrite(str(tmp / f"printed-{k}.png"), cv2.cvtColor(page, cv2.COLOR_RGB2BGR))
     return out
 
 
