@@ -20,6 +20,18 @@ bench: $(STAMP)
 # The test suite (what CI runs): all of it with the C++ pre/post kernels, then its fast part again with
 # their NumPy twin (SEGRT_PREPOST=reference). The quick fixtures trained by the first pass are reused.
 TEST_CACHE ?= $(CURDIR)/.cache/test-fixtures
-test: $(STAMP)
+test: $(STAMP) trt-lean
 	SEGRT_TEST_CACHE=$(TEST_CACHE) $(BIN)/python -m pytest -q
 	SEGRT_TEST_CACHE=$(TEST_CACHE) SEGRT_PREPOST=reference $(BIN)/python -m pytest -q -m "not slow"
+
+# The real TensorRT lean runtime wheels of both majors (bindings + libs + the tensorrt_lean wrapper; ~45 MB download
+# each), which tests/test_tensorrt_runtime.py checks the TensorRT runners against. Installed once per version beside
+# the venv (--target), never into it, so device="auto" still sees no TensorRT here.
+TRT_LEAN_VERSIONS := 10.16.1.11 11.4.0.106
+TRT_LEAN_DIR := $(CURDIR)/.cache/trt-lean
+.PHONY: trt-lean
+trt-lean: $(TRT_LEAN_VERSIONS:%=$(TRT_LEAN_DIR)/%/.installed)
+$(TRT_LEAN_DIR)/%/.installed: | $(STAMP)
+	rm -rf $(TRT_LEAN_DIR)/$*
+	$(BIN)/pip install -q --no-deps --target $(TRT_LEAN_DIR)/$* tensorrt-lean-cu13==$* tensorrt-lean-cu13-bindings==$* tensorrt-lean-cu13-libs==$*
+	touch $@

@@ -29,3 +29,9 @@ class EngineMismatchError(SegrtError):
 
 class ExportError(SegrtError):
     """Exporting a PyTorch model, or loading its checkpoint, failed."""
+
+
+class InferenceError(SegrtError):
+    """A backend that started fine failed while running (a CUDA or TensorRT call returned an error), or was
+    used after ``close()``. Unlike :class:`BackendUnavailableError` it is not a reason to fall back to another
+    backend: the device is there, the run went wrong."""

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
+from segrt.runtime import engine
 from segrt.runtime.backends import BACKENDS, RunnerOptions, select_runner
+from segrt.runtime.backends._trt import tensor_specs
+from segrt.runtime.backends.tensorrt import TensorRTRunner
+from segrt.runtime.backends.tensorrt_lean import TensorRTLeanRunner
 from segrt.runtime.errors import BackendUnavailableError, InvalidInputError, ModelFormatError
 
+from ._trt_lean import EngineDouble, TensorDouble, lean_trt  # noqa: F401
 from .conftest import PPOCR, conv_onnx
+
+BAD_FEEDS = [
+    ({"img": np.zeros((1, 3, 16, 24), np.float32)}, "expected inputs"),
+    ({"image": np.zeros((1, 3, 16, 24), np.float64)}, "must be float32"),
+    ({"image": np.zeros((3, 16, 24), np.float32)}, "must have rank 4"),
+    ({"image": np.zeros((1, 3, 16, 25), np.float32)}, "axis 3 must be 24"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +54,7 @@ class TestRunnerContract:
         out = runner.infer({"x": np.zeros((1, 3, 64, 96), np.float32)})
         assert out["sigmoid_0.tmp_0"].shape == (1, 1, 64, 96)
 
-    @pytest.mark.parametrize(
-        "feeds, message",
-        [
-            ({"img": np.zeros((1, 3, 16, 24), np.float32)}, "expected inputs"),
-            ({"image": np.zeros((1, 3, 16, 24), np.float64)}, "must be float32"),
-            ({"image": np.zeros((3, 16, 24), np.float32)}, "must have rank 4"),
-            ({"image": np.zeros((1, 3, 16, 25), np.float32)}, "axis 3 must be 24"),
-        ],
-    )
+    @pytest.mark.parametrize("feeds, message", BAD_FEEDS)
     def test_bad_feeds_are_typed_errors(self, backend, fixed_model, feeds, message: str) -> None:
         with pytest.raises(InvalidInputError, match=message):
             backend(fixed_model, RunnerOptions()).infer(feeds)
@@ -58,6 +64,52 @@ class TestRunnerContract:
         bad.write_bytes(b"not a protobuf at all")
         with pytest.raises(ModelFormatError, match="cannot load"):
             backend(bad, RunnerOptions())
+
+
+GPU_DOUBLE = engine.GpuIdentity("test double of a GPU (there is none here)", "8.9")
+
+
+@pytest.fixture
+def trt_without_gpu(lean_trt, monkeypatch):
+    """The real TensorRT 11 lean bindings, also standing in for ``tensorrt`` (the full library cannot install here;
+    its runtime classes are these), and a test double for the GPU query (no GPU here)."""
+    monkeypatch.setitem(sys.modules, "tensorrt", lean_trt)
+    monkeypatch.setattr(engine, "gpu_identity", lambda device_id=0: GPU_DOUBLE)
+    return lean_trt
+
+
+@pytest.mark.parametrize("backend", [TensorRTRunner, TensorRTLeanRunner], ids=lambda b: b.name)
+class TestTensorRTContractWithoutGpu:
+    """The contract checks of the TensorRT runners that need no GPU, with the real bindings (a deserialized engine
+    needs a GPU: the specs come from a double of it answering like the engine built from ``fixed_model``)."""
+
+    @pytest.mark.parametrize("feeds, message", BAD_FEEDS)
+    def test_bad_feeds_are_typed_errors(self, backend, trt_without_gpu, feeds, message: str) -> None:
+        runner = object.__new__(backend)  # past start-up, which needs a GPU
+        built = EngineDouble(trt_without_gpu, (TensorDouble("image", (1, 3, 16, 24), True),
+                                               TensorDouble("scores", (1, 3, 16, 24), False)))
+        runner._inputs, runner._outputs = tensor_specs(built, trt_without_gpu)
+        with pytest.raises(InvalidInputError, match=message):
+            runner.infer(feeds)
+
+    def test_corrupt_or_missing_model_is_a_format_error(self, backend, trt_without_gpu, tmp_path) -> None:
+        bad = tmp_path / "model.onnx"
+        bad.write_bytes(b"not a protobuf at all")
+        with pytest.raises(ModelFormatError, match="cannot load"):
+            backend(bad, RunnerOptions())
+        with pytest.raises(ModelFormatError, match="is missing"):
+            backend(tmp_path / "gone.onnx", RunnerOptions())
+
+    def test_a_model_without_an_engine_says_which_build_to_run(self, backend, trt_without_gpu, fixed_model) -> None:
+        lean = " --version-compatible --exclude-lean-runtime" if backend is TensorRTLeanRunner else ""
+        with pytest.raises(BackendUnavailableError, match=f"no TensorRT engine for fixed.onnx .*TensorRT "
+                           f"{trt_without_gpu.__version__}.*run `segrt build {fixed_model.parent}.*{lean}"):
+            backend(fixed_model, RunnerOptions())
+
+    def test_auto_falls_back_past_it_and_says_why(self, backend, trt_without_gpu, fixed_model) -> None:
+        runner, skipped = select_runner(fixed_model, "auto")
+        assert runner.name == "onnxruntime-cpu"
+        assert any(line.startswith(f"{backend.name}: no TensorRT engine") for line in skipped), skipped
 
 
 def test_auto_falls_back_and_says_why(fixed_model) -> None:

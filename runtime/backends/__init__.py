@@ -1,4 +1,19 @@
-"""Backends in fallback priority order, and the selection that logs why each skipped one was skipped."""
+"""Backends in fallback priority order, and the selection that logs why each skipped one was skipped.
+
+The order, fastest first and each one's fall-back signal being :class:`BackendUnavailableError` from
+``unavailable_reason`` or ``__init__``:
+
+1. ``tensorrt`` (native TensorRT 10.x/11.x): exact-version and version-compatible engines; the only one that
+   builds (``device="tensorrt"``; ``auto`` uses only an engine that already exists).
+2. ``tensorrt-lean`` (TensorRT's lean runtime, the edge install): version-compatible engines built elsewhere with
+   ``segrt build --version-compatible --exclude-lean-runtime``. After the native runner because such engines may
+   run a little slower and because, with both installed, the native one can also run exact-version engines.
+3. ``onnxruntime-tensorrt``, 4. ``onnxruntime-cuda``, 5. ``onnxruntime-cpu``: ONNX Runtime's providers.
+
+``device="tensorrt"`` tries 1, 2 and 3; ``cuda`` 4; ``cpu`` 5. An engine segrt's TensorRT runners cannot run
+(data-dependent output shapes such as Mask R-CNN's detections, shape-tensor inputs) is refused in ``__init__``,
+so ``auto`` falls through to ONNX Runtime.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +25,12 @@ from ..errors import BackendUnavailableError, InvalidInputError
 from .base import Device, Runner, RunnerOptions, TensorSpec
 from .ort import OrtCpuRunner, OrtCudaRunner, OrtTensorRTRunner, available_providers
 from .tensorrt import TensorRTRunner
+from .tensorrt_lean import TensorRTLeanRunner
 
 log = logging.getLogger("segrt")
 
-BACKENDS: tuple[type[Runner], ...] = (TensorRTRunner, OrtTensorRTRunner, OrtCudaRunner, OrtCpuRunner)
+BACKENDS: tuple[type[Runner], ...] = (TensorRTRunner, TensorRTLeanRunner, OrtTensorRTRunner, OrtCudaRunner,
+                                      OrtCpuRunner)
 DEVICES = ("auto", *get_args(Device))
 
 

@@ -1,5 +1,9 @@
 """The backend contract. A new backend is one file defining a :class:`Runner` subclass plus one entry
-in :data:`segrt.runtime.backends.BACKENDS` (whose order is the fallback priority)."""
+in :data:`segrt.runtime.backends.BACKENDS` (whose order is the fallback priority).
+
+Lifecycle: a runner holds device resources until :meth:`Runner.close` (or the end of a ``with runner:``
+block). ``close`` is idempotent, ``infer`` after it raises :class:`InferenceError`, and ``__del__`` closes
+without ever raising. Subclasses free what they hold in ``_release``."""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InferenceError, InvalidInputError
 
 Device = Literal["cpu", "cuda", "tensorrt"]
 Dim = int | str | None
@@ -54,6 +59,7 @@ class Runner(ABC):
 
     name: ClassVar[str]
     device: ClassVar[Device]
+    _closed: bool = False  # set on the instance by close()
 
     @classmethod
     @abstractmethod
@@ -77,8 +83,33 @@ class Runner(ABC):
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise InferenceError(f"{self.name}: this runner was closed; load the model again to run it")
         self._check(feeds)
         return self._infer(feeds)
+
+    def _release(self) -> None:
+        """Free what the runner holds (sessions, device memory, streams). Called once, by :meth:`close`."""
+
+    def close(self) -> None:
+        """Free the runner's resources; later calls do nothing, later ``infer`` calls raise InferenceError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - a finaliser must never raise (interpreter shutdown, half-built runner)
+            pass
 
     def _check(self, feeds: Mapping[str, np.ndarray]) -> None:
         specs = {s.name: s for s in self.input_specs()}
