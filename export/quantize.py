@@ -1,8 +1,8 @@
 """``segrt quantize``: FP16 and calibrated INT8 variants of a bundle, each behind an accuracy gate.
 
-FP16 uses ONNX Runtime's float16 converter (onnxruntime.transformers, the maintained fork of
-onnxconverter-common's) with numerically sensitive ops kept in FP32 (LayerNorm, Softmax,
-reductions, and for SAM's encoder the attention products). INT8 is onnxruntime.quantization's static
+FP16 is ``fp16.to_fp16`` (ONNX Runtime's float16 converter, sensitive ops kept in FP32). Both start from a
+plain FP32 graph: a model that already went through a float16 converter is normalised first
+(``graph_normalize``). INT8 is onnxruntime.quantization's static
 QDQ quantization (per-channel symmetric int8 weights; uint8 activations for ONNX Runtime's CPU
 kernels, or symmetric int8 activations with ``target="tensorrt"``, the form TensorRT consumes as
 explicit quantization), calibrated on images put through exactly the runtime's preprocessing; the
@@ -25,19 +25,18 @@ from typing import Any, Literal
 
 import numpy as np
 from segrt.runtime.engine import sha256_file
-from segrt.runtime.errors import ExportError, InvalidInputError
+from segrt.runtime.errors import ExportError, InvalidInputError, SegrtError
 from segrt.runtime.manifest import Manifest, read_manifest, write_manifest
 
 from .bundle import atomic_dir
+from .fp16 import attention_products, instance_heads, to_fp16
+from .graph_normalize import normalized_copy
 from .quant_gate import accuracy_gate, calibration_feeds, load_images
 
 log = logging.getLogger("segrt")
 Target = Literal["fp16", "int8"]
 Calibrator = Literal["minmax", "entropy", "percentile"]
 Int8Target = Literal["cpu", "tensorrt"]
-#: Kept in FP32 by the FP16 conversion (the converter's own list is added to these).
-FP16_KEEP_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp",
-                 "Log", "Erf", "CumSum", "NonMaxSuppression", "RoiAlign", "TopK")
 
 #: Default tolerances per family: semantic pixel agreement, instance/SAM mean matched mask IoU.
 DEFAULT_MIN = {"semantic": 0.98, "instance": 0.85, "sam": 0.90}
@@ -75,124 +74,6 @@ class QuantizeConfig:
 def model_files(m: Manifest) -> list[str]:
     """The graphs a variant converts: the model, and for SAM the decoder too (kept float by INT8)."""
     return [m.model_file] + ([m.sam.decoder_file] if m.sam else [])
-
-
-def _attention_products(model: Any) -> list[str]:
-    """SAM encoder: the q@k and attn@v MatMuls (not the linear layers), which overflow in FP16."""
-    return [n.name for n in model.graph.node
-            if n.op_type in ("MatMul", "Einsum") and "/attn/" in n.name and "/qkv/" not in n.name and "/proj/" not in n.name]
-
-
-def _all_nodes(graph: Any) -> Iterator[Any]:
-    """Every node, including those inside If/Loop branches (torchvision's batched NMS has them)."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.g.node else []) + list(attr.graphs):
-                yield from _all_nodes(sub)
-
-
-def _instance_heads(model: Any) -> list[str]:
-    """Mask R-CNN: everything outside the backbone + FPN (RPN, RoI heads, the If branches). The backbone
-    is most of the compute; the heads do box arithmetic in image coordinates (up to 1333 px), where FP16's
-    11-bit mantissa moves a coordinate by up to half a pixel, and NMS/TopK on FP16 scores reorders ties."""
-    return [n.name for n in _all_nodes(model.graph) if n.name and not n.name.startswith("/backbone/")]
-
-
-def _repair_outer_scope_reads(model: Any) -> list[str]:
-    """The converter does not see that a subgraph (an If branch) reads a value of the outer graph: it casts
-    that value to FP16 for the outer consumers and the branch, kept FP32, then gets FP16 and ONNX Runtime
-    refuses the graph ("Tensor element type mismatch"). Point those reads back at the FP32 value."""
-    from onnx import TensorProto
-
-    producer = {o: n for n in model.graph.node for o in n.output}
-    repaired = []
-    for node in model.graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.g.node else []) + list(attr.graphs):
-                local = {o for n in _all_nodes(sub) for o in n.output} | {i.name for i in sub.initializer}
-                for inner in _all_nodes(sub):
-                    for k, name in enumerate(inner.input):
-                        cast = producer.get(name)
-                        if (name and name not in local and cast is not None and cast.op_type == "Cast"
-                                and any(a.name == "to" and a.i == TensorProto.FLOAT16 for a in cast.attribute)):
-                            inner.input[k] = cast.input[0]
-                            repaired.append(inner.name)
-    return repaired
-
-
-def _topological_sort(graph: Any) -> None:
-    """ONNX Runtime's converter appends the input Casts at the end of the node list; ONNX wants producers
-    first. A stable sort of the top-level graph (a node with branches also waits for what they read)."""
-    nodes = list(graph.node)
-    produced = {o for n in nodes for o in n.output}
-    reads = []
-    for node in nodes:
-        inner = [n for attr in node.attribute for sub in ([attr.g] if attr.g.node else []) + list(attr.graphs)
-                 for n in _all_nodes(sub)]
-        reads.append({i for i in list(node.input) + [i for n in inner for i in n.input] if i in produced}
-                     - {o for n in inner for o in n.output})
-    ready: set[str] = set()
-    ordered: list[Any] = []
-    pending = list(range(len(nodes)))
-    while pending:
-        now = [k for k in pending if reads[k] <= ready]
-        if not now:
-            raise ExportError("the FP16 graph has a cycle; report this with the bundle")
-        ordered += [nodes[k] for k in now]
-        ready |= {o for k in now for o in nodes[k].output}
-        taken = set(now)
-        pending = [k for k in pending if k not in taken]
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
-def to_fp16(src: Path, dst: Path, cfg: QuantizeConfig, task: str) -> dict[str, Any]:
-    import warnings
-
-    import onnx
-    from onnxruntime.transformers import float16
-
-    from .onnx_io import save_onnx
-
-    model = onnx.load(str(src))
-    ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_OPS) | set(cfg.extra_keep))
-    family = {"sam": _attention_products, "instance": _instance_heads}.get(task)
-    nodes = sorted(set(cfg.exclude) | (set(family(model)) if family else set()))
-    # The exporter's value_info annotations go first: with them the converter types the Cast after a
-    # kept-FP32 node as float16 and ONNX Runtime refuses the graph (seen on U-Net's Resize and
-    # DeepLab's ReduceMean); it re-infers them itself.
-    del model.graph.value_info[:]
-    with warnings.catch_warnings():  # one "will be truncated" warning per tiny weight
-        warnings.simplefilter("ignore", UserWarning)
-        converted = float16.convert_float_to_float16(model, keep_io_types=not cfg.fp16_io, op_block_list=ops,
-                                                     node_block_list=nodes, disable_shape_infer=False)
-    repaired = _repair_outer_scope_reads(converted)
-    _topological_sort(converted.graph)
-    if not cfg.fp16_io:
-        _float_outputs(converted)
-    save_onnx(converted, dst)
-    kept = nodes if task != "instance" else [f"{len(nodes)} nodes outside /backbone/ (RPN, RoI heads, NMS branches)"]
-    return {"converter": "onnxruntime.transformers.float16", "kept_fp32_ops": ops, "kept_fp32_nodes": kept,
-            "outer_scope_reads_repaired": len(repaired), "io": "fp16" if cfg.fp16_io else "fp32"}
-
-
-def _float_outputs(model: Any) -> None:
-    """FP32 I/O was asked: cast any output the converter left in float16 back to float32."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    for out in model.graph.output:
-        if out.type.tensor_type.elem_type != TensorProto.FLOAT16:
-            continue
-        inner = f"{out.name}__fp16"
-        for node in model.graph.node:
-            node.output[:] = [inner if o == out.name else o for o in node.output]
-            node.input[:] = [inner if i == out.name else i for i in node.input]
-        model.graph.node.append(helper.make_node("Cast", [inner], [out.name], to=TensorProto.FLOAT,
-                                                 name=f"{out.name}_to_fp32"))
-        out.type.tensor_type.elem_type = TensorProto.FLOAT
-    onnx.checker.check_model(model)
 
 
 def _cache_key(src: Path, cfg: QuantizeConfig, images: list[str], op_types: list[str] | None) -> str:
@@ -267,9 +148,9 @@ def _int8_family_defaults(task: str, graph: Any) -> tuple[list[str], list[str] |
     SAM's encoder (static route, target=tensorrt): Conv and the weight MatMuls; the attention products stay
     float, as in FP16."""
     if task == "instance":
-        return _instance_heads(graph), ["Conv"]
+        return instance_heads(graph), ["Conv"]
     if task == "sam":
-        return _attention_products(graph), ["Conv", "MatMul", "Gemm"]
+        return attention_products(graph), ["Conv", "MatMul", "Gemm"]
     return [], None
 
 
@@ -283,7 +164,7 @@ def to_int8_dynamic(src: Path, dst: Path, cfg: QuantizeConfig) -> dict[str, Any]
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     prepared = _pre_process(src, dst.with_name(f".{dst.name}.pre.onnx"))
-    family = _attention_products(onnx.load(str(prepared), load_external_data=False))
+    family = attention_products(onnx.load(str(prepared), load_external_data=False))
     try:
         quantize_dynamic(str(prepared), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
                          weight_type=QuantType.QInt8, nodes_to_exclude=sorted(set(cfg.exclude) | set(family)))
@@ -331,7 +212,9 @@ def to_int8(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest
             # holds at that limit without merging their ranges ("No data is collected." with 1).
             extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True},
         )
-    except (ValueError, RuntimeError, TypeError) as exc:  # onnxruntime.quantization raises untyped errors
+    except SegrtError:
+        raise
+    except Exception as exc:  # onnxruntime.quantization raises untyped errors of many kinds
         hint = (" (entropy and percentile need tensors of one shape in every image; minmax does not)"
                 if cfg.calibrator != "minmax" and "inhomogeneous" in str(exc) else "")
         raise ExportError(f"INT8 calibration ({cfg.calibrator}) failed: {str(exc).splitlines()[0]}{hint}") from None
@@ -345,6 +228,20 @@ def to_int8(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest
             "op_types_quantized": op_types or "ONNX Runtime's default set", "method": "static", "target": cfg.target,
             "format": "QDQ, per-channel symmetric int8 weights, " + ("symmetric int8 activations (TensorRT)" if trt
                                                                        else "asymmetric uint8 activations (ONNX Runtime CPU)")}
+
+
+def _int8(bundle: Path, tmp: Path, cfg: QuantizeConfig, m: Manifest) -> dict[str, Any]:
+    """INT8 of the model file, quantized from its plain-FP32 form (normalised first if it was mixed precision)."""
+    src, dst = bundle / m.model_file, tmp / m.model_file
+    plain, normalized = normalized_copy(src, dst.with_name(f".{dst.name}.fp32.onnx"))
+    try:
+        facts = (to_int8_dynamic(plain, dst, cfg) if m.task == "sam" and cfg.target == "cpu"
+                 else to_int8(plain, dst, cfg, bundle, m))
+    finally:
+        if plain != src:
+            plain.unlink(missing_ok=True)
+            plain.with_name(f"{plain.name}.data").unlink(missing_ok=True)
+    return {**facts, **({"normalized_from_mixed_precision": normalized} if normalized else {})}
 
 
 def quantize_bundle(bundle: Path, out: Path, cfg: QuantizeConfig, *, force: bool = False) -> Manifest:
@@ -363,10 +260,8 @@ def quantize_bundle(bundle: Path, out: Path, cfg: QuantizeConfig, *, force: bool
         facts: dict[str, Any] = {}
         if cfg.precision == "fp16":
             facts[m.model_file] = to_fp16(bundle / m.model_file, tmp / m.model_file, cfg, m.task)
-        elif m.task == "sam" and cfg.target == "cpu":
-            facts[m.model_file] = to_int8_dynamic(bundle / m.model_file, tmp / m.model_file, cfg)
         else:
-            facts[m.model_file] = to_int8(bundle / m.model_file, tmp / m.model_file, cfg, bundle, m)
+            facts[m.model_file] = _int8(bundle, tmp, cfg, m)
         for f in model_files(m)[1:]:
             # SAM's decoder stays FP32: it decides mask edges, and the FP16 converter leaves
             # a float/float16 Mul in it that ONNX Runtime refuses to load.
