@@ -13,7 +13,8 @@ import sys
 
 from .errors import SegrtError
 
-COMMAND_MODULES = ("segrt.runtime.commands", "segrt.runtime.sam_cli", "segrt.runtime.stream_cli", "segrt.export.commands", "segrt.benchmarks.commands")
+COMMAND_MODULES = ("segrt.runtime.commands", "segrt.runtime.sam_cli", "segrt.runtime.stream_cli", "segrt.export.commands", "segrt.export.build_cli",
+                   "segrt.benchmarks.commands")
 
 
 def size_arg(text: str) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""``segrt run`` and ``segrt info``: the runtime's own commands (no torch)."""
+"""``segrt run`` and ``segrt info``: the runtime's own commands (no torch). ``segrt build`` is registered
+from ``segrt.export.build_cli`` (it may make an FP16 variant first; see there)."""
 
 from __future__ import annotations
 
@@ -82,25 +83,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_build(args: argparse.Namespace) -> int:
-    from .engine import BuildOptions, derive_profiles
-    from .engine_build import build_engine, onnx_inputs, tensorrt_version
-
-    opts = BuildOptions(precision=args.precision, min_hw=args.min, opt_hw=args.opt, max_hw=args.max,
-                        max_batch=args.max_batch, max_points=args.max_points, workspace_gb=args.workspace_gb,
-                        dla_core=args.dla_core, gpu_fallback=args.gpu_fallback,
-                        version_compatible=args.version_compatible, timing_cache=args.timing_cache)
-    m = read_manifest(args.bundle)
-    files = [m.model_file] + ([m.sam.decoder_file] if m.sam else [])
-    for f in files:  # profiles first: a bad flag fails here, before anything needs a GPU
-        for p in derive_profiles(onnx_inputs(args.bundle / f), opts):
-            log.info("%s: %s min %s opt %s max %s", f, p.name, p.min, p.opt, p.max)
-    tensorrt_version()
-    for f in files:
-        print(f"segrt: built {build_engine(args.bundle, opts, f)}")
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="segment an image or a folder of images with a bundle")
     p.add_argument("bundle", type=Path)
@@ -113,23 +95,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the backend's choice)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 100 MP)")
     p.set_defaults(func=cmd_run)
-    from .cli import size_arg
-
-    p = sub.add_parser("build", help="build a TensorRT engine into the bundle's engine cache (needs TensorRT + GPU)")
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8", "best"), default="fp16",
-                   help="int8 expects a QDQ bundle from `segrt quantize` (strongly typed network)")
-    p.add_argument("--min", type=size_arg, help="smallest HxW for dynamic image inputs")
-    p.add_argument("--opt", type=size_arg, help="HxW TensorRT optimises for")
-    p.add_argument("--max", type=size_arg, help="largest HxW")
-    p.add_argument("--max-batch", type=int, default=1)
-    p.add_argument("--max-points", type=int, default=16, help="SAM decoder: points per prompt")
-    p.add_argument("--workspace-gb", type=float, help="builder workspace (default: half the free device memory)")
-    p.add_argument("--dla-core", type=int, help="Jetson DLA core")
-    p.add_argument("--gpu-fallback", action="store_true", help="with --dla-core: run unsupported layers on the GPU")
-    p.add_argument("--version-compatible", action="store_true", help="engine loadable by later TensorRT 10 releases")
-    p.add_argument("--timing-cache", type=Path, help="timing cache file, read and updated across builds")
-    p.set_defaults(func=cmd_build)
     p = sub.add_parser("info", help="print a bundle's manifest, model inputs/outputs and available providers")
     p.add_argument("bundle", type=Path)
     p.set_defaults(func=cmd_info)

@@ -1,29 +1,44 @@
-"""``segrt build``: ONNX model of a bundle -> TensorRT engine in the bundle's engine cache.
+"""One engine build for TensorRT 10.x and 11.x: a strongly typed network whose precision is its graph's.
 
-Written against TensorRT 10's Python API (OnnxParser, optimisation profiles with ``set_shape``,
-``set_memory_pool_limit``, timing cache, ``build_serialized_network``). NOT run on hardware in this
-project (TensorRT cannot be installed on its machines); the parts that need no GPU are in
-:mod:`segrt.runtime.engine` and tested.
+The same calls on both versions (checked against the Python bindings, ``python/src/infer/pyCore.cpp`` and
+``python/src/parsers/pyOnnx.cpp`` of TensorRT OSS v10.16 and v11.1, and NVIDIA's 10.x-to-11.x migration
+guide): ``create_network(1 << STRONGLY_TYPED)`` (required for strong typing on 10.x; accepted and
+ignored on 11.x, where every network is strongly typed), ``OnnxParser.parse_from_file``,
+``set_memory_pool_limit(WORKSPACE)``, one optimisation profile, a timing cache, ``VERSION_COMPATIBLE`` /
+``EXCLUDE_LEAN_RUNTIME`` / ``GPU_FALLBACK``, ``default_device_type`` and ``DLA_core``, and
+``build_serialized_network``. Never the precision flags 11.x removed (``BuilderFlag.FP16``, ``INT8``,
+``BF16``, ``FP8``, ``OBEY/PREFER_PRECISION_CONSTRAINTS``) nor an INT8 calibrator: an FP16 engine is built
+from an FP16 graph, an INT8 engine from a Q/DQ graph (:func:`..variants.graph_for`).
+
+This module needs no ``onnx`` and never makes a variant: on a runtime-only install it builds the graph a
+bundle already carries. ``segrt build`` (``segrt.export.build_cli``) makes the FP16 variant first when one
+is asked for. Tested with a test double of the builder (TensorRT's builder does not install on CI
+machines); NOT run on a GPU in this project.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .engine import (
     BuildOptions,
     EngineKey,
-    derive_profiles,
+    GpuIdentity,
+    engine_key,
     gpu_identity,
-    sha256_file,
+    stored_engines,
     store_engine,
     workspace_bytes,
 )
 from .errors import BackendUnavailableError, ModelFormatError
 from .manifest import read_manifest
+from .variants import best_precision, graph_for
 
 log = logging.getLogger("segrt")
 
@@ -32,77 +47,118 @@ def onnx_inputs(path: Path) -> list[tuple[str, tuple[int | str | None, ...]]]:
     """Input names and shapes (ints fixed, str/None dynamic) read with ONNX Runtime, no TensorRT."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if not Path(path).is_file():
+        raise ModelFormatError(f"model file {str(path)!r} is missing; re-export the bundle")
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped pybind errors
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelFormatError(f"cannot read the inputs of {str(path)!r}: {text}") from None
     return [(i.name, tuple(i.shape)) for i in sess.get_inputs()]
 
 
-def tensorrt_version() -> str:
+def _tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError:
-        raise BackendUnavailableError("TensorRT is not installed: pip install 'segrt[tensorrt]' on an NVIDIA machine") from None
-    return str(trt.__version__)
+        raise BackendUnavailableError("TensorRT is not installed: pip install 'segrt[tensorrt]' on an NVIDIA "
+                                      "machine (TensorRT 10.x or 11.x)") from None
+    return trt
 
 
-def engine_key(bundle: Path, opts: BuildOptions, model_file: str | None = None) -> EngineKey:
-    m = read_manifest(bundle)
-    path = Path(bundle) / (model_file or m.model_file)
-    gpu = gpu_identity()
-    return EngineKey(onnx_sha256=sha256_file(path), precision=opts.precision,
-                     profiles=tuple(derive_profiles(onnx_inputs(path), opts)), tensorrt=tensorrt_version(),
-                     gpu=gpu.name, compute_capability=gpu.compute_capability, dla_core=opts.dla_core,
-                     version_compatible=opts.version_compatible)
+def tensorrt_version() -> str:
+    return str(_tensorrt().__version__)
 
 
-def _config(trt: Any, builder: Any, opts: BuildOptions, free: int, strongly_typed: bool) -> Any:
+def concrete(bundle: Path, model_file: str, opts: BuildOptions) -> BuildOptions:
+    """``opts`` with ``best`` replaced by the lowest precision among the graphs present."""
+    if opts.precision != "best":
+        return opts
+    chosen = best_precision(bundle)
+    log.info("--precision best: %s is the lowest-precision gated graph of %s", chosen, model_file)
+    return replace(opts, precision=chosen)
+
+
+def _network(trt: Any, builder: Any, logger: Any, graph: Path) -> tuple[Any, Any]:
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(graph)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ModelFormatError(f"TensorRT cannot parse {graph.name}: {errors[:300]}")
+    return network, parser
+
+
+def _config(trt: Any, builder: Any, opts: BuildOptions, workspace: int) -> Any:
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes(opts, free))
-    if not strongly_typed:  # a QDQ (int8) network carries its own types
-        if opts.precision in ("fp16", "best"):
-            config.set_flag(trt.BuilderFlag.FP16)
-        if opts.precision in ("int8", "best"):
-            config.set_flag(trt.BuilderFlag.INT8)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     if opts.dla_core is not None:
+        if opts.dla_core >= builder.num_DLA_cores:
+            raise BackendUnavailableError(f"--dla-core {opts.dla_core}: this device has {builder.num_DLA_cores} DLA "
+                                          "core(s) (TensorRT 11 has no DLA on Jetson: JetPack stays on TensorRT 10)")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = opts.dla_core
         if opts.gpu_fallback:
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     if opts.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        if opts.exclude_lean_runtime:
+            config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
     return config
 
 
-def build_engine(bundle: Path, opts: BuildOptions, model_file: str | None = None) -> Path:
-    """Build (minutes) and store an engine for ``opts``; returns the plan's path."""
-    import tensorrt as trt
-
-    key = engine_key(bundle, opts, model_file)
-    path = Path(bundle) / (model_file or read_manifest(bundle).model_file)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    is_qdq = read_manifest(bundle).precision == "int8"
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if is_qdq else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ModelFormatError(f"TensorRT cannot parse {path.name}: {errors[:500]}")
-    config = _config(trt, builder, opts, gpu_identity().free_bytes, is_qdq)
+def _add_profile(builder: Any, config: Any, key: EngineKey) -> None:
     profile = builder.create_optimization_profile()
     for p in key.profiles:
         profile.set_shape(p.name, p.min, p.opt, p.max)
     config.add_optimization_profile(profile)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Temp file beside ``path``, then rename: a timing cache is never half written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_engine(bundle: Path, opts: BuildOptions, model_file: str | None = None, *, force: bool = False,
+                 gpu: GpuIdentity | None = None) -> tuple[Path, EngineKey]:
+    """The engine for ``opts`` from the engine cache, or built (minutes) and stored when none has exactly
+    its key, or when ``force``. Returns the plan's path and its key."""
+    trt = _tensorrt()
+    bundle = Path(bundle)
+    model_file = model_file or read_manifest(bundle).model_file
+    opts = concrete(bundle, model_file, opts)
+    graph = graph_for(bundle, model_file, opts.precision)
+    gpu = gpu or gpu_identity()
+    key = engine_key(bundle / model_file, opts, str(trt.__version__), gpu)
+    cached = [plan for stored, plan in stored_engines(bundle, model_file) if stored == key]
+    if cached and not force:
+        log.info("reusing engine %s for %s (pass --force to rebuild)", key.digest(), model_file)
+        return cached[0], key
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, _parser = _network(trt, builder, logger, graph)
+    workspace = workspace_bytes(opts, gpu.free_bytes)
+    config = _config(trt, builder, opts, workspace)
+    _add_profile(builder, config, key)
     cache_bytes = opts.timing_cache.read_bytes() if opts.timing_cache and opts.timing_cache.is_file() else b""
     timing = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(timing, False)
-    log.warning("building a TensorRT engine for %s (%s); this takes minutes", path.name, opts.precision)
+    log.warning("building a TensorRT %s engine for %s from %s; this takes minutes", opts.precision, model_file,
+                graph.relative_to(bundle))
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise ModelFormatError(f"TensorRT failed to build an engine for {path.name}; run with -v for its log")
-    if opts.timing_cache:  # temp file, then rename: the cache is never half written
-        tmp = opts.timing_cache.with_name(f".{opts.timing_cache.name}.tmp")
-        tmp.write_bytes(bytes(timing.serialize()))
-        tmp.replace(opts.timing_cache)
-    return store_engine(bundle, key, bytes(plan), {"build_seconds": time.perf_counter() - t0,
-                                                   "workspace_bytes": workspace_bytes(opts, gpu_identity().free_bytes)})
+        raise ModelFormatError(f"TensorRT failed to build an engine for {model_file}; run with -v for its log")
+    if opts.timing_cache:
+        _write_atomic(opts.timing_cache, bytes(timing.serialize()))
+    facts = {"build_seconds": round(time.perf_counter() - t0, 3), "workspace_bytes": workspace,
+             "graph": str(graph.relative_to(bundle))}
+    return store_engine(bundle, key, bytes(plan), facts), key
+

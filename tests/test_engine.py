@@ -1,16 +1,16 @@
 """TensorRT engine plumbing that runs without TensorRT or a GPU: options, profiles from real ONNX
-inputs, the engine cache key and its atomic store, and the errors when TensorRT is absent.
-The build and the runner themselves need TensorRT and are skipped here (see the support matrix)."""
+inputs, the engine cache (key, atomic store, the one matcher ``resolve_engine`` and TensorRT's version rule),
+and the errors when TensorRT is absent. Builds through the builder double are in test_engine_build.py."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 from segrt.runtime import (
     BackendUnavailableError,
-    EngineMismatchError,
     InvalidInputError,
     load,
 )
@@ -18,16 +18,19 @@ from segrt.runtime.backends.tensorrt import TensorRTRunner
 from segrt.runtime.engine import (
     BuildOptions,
     EngineKey,
+    GpuIdentity,
     Profile,
     derive_profiles,
-    explain_mismatch,
-    find_engine,
+    resolve_engine,
     store_engine,
+    stored_engines,
+    version_fit,
     workspace_bytes,
 )
 from segrt.runtime.engine_build import onnx_inputs
+from segrt.runtime.onnx_files import model_digest
 
-from .conftest import PPOCR
+from .conftest import PPOCR, conv_onnx
 from .test_cli import segrt
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -41,6 +44,7 @@ SIZES = {"min_hw": (256, 256), "opt_hw": (512, 640), "max_hw": (1024, 1024)}
     ({"dla_core": 0, "precision": "fp32"}, "DLA runs fp16 or int8"),
     ({"gpu_fallback": True}, "only applies with --dla-core"),
     ({"workspace_gb": 0}, "--workspace-gb must be > 0"),
+    ({"exclude_lean_runtime": True}, "only applies with --version-compatible"),
     ({"max_batch": 0}, "must be >= 1"),
 ])
 def test_build_options_are_validated(kwargs, message) -> None:
@@ -68,25 +72,77 @@ def test_profiles_for_both_sam_graphs(sam_tiny) -> None:
 
 
 def _key(**changes) -> EngineKey:
-    base = dict(onnx_sha256="ab" * 32, precision="fp16", profiles=(Profile("x", (1, 3, 64, 64), (1, 3, 512, 512), (1, 3, 1024, 1024)),),
+    base = dict(model_file="model.onnx", model_sha256="ab" * 32, precision="fp16",
+                profiles=(Profile("x", (1, 3, 64, 64), (1, 3, 512, 512), (1, 3, 1024, 1024)),),
                 tensorrt="10.9.0", gpu="NVIDIA Jetson Orin", compute_capability="8.7")
     return EngineKey(**{**base, **changes})
 
 
-def test_engine_cache_finds_only_the_exact_key_and_says_what_differs(tmp_path) -> None:
+ORIN = GpuIdentity("NVIDIA Jetson Orin", "8.7")
+
+
+def _bundle_with_model(tmp_path) -> Path:
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    conv_onnx(bundle / "model.onnx")
+    return bundle
+
+
+def test_engine_store_is_atomic_and_keyed_by_its_digest(tmp_path) -> None:
     key = _key()
     assert key.digest() == _key().digest() and key.digest() != _key(precision="int8").digest()
     plan = store_engine(tmp_path, key, b"serialized plan bytes", {"build_seconds": 1.0})
     assert plan.read_bytes() == b"serialized plan bytes" and not list((tmp_path / "engines").glob(".*"))
-    assert find_engine(tmp_path, key) == plan
-    assert EngineKey.from_dict(json.loads((plan.parent / "key.json").read_text())) == key
-    other = _key(tensorrt="10.12.0", gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0")
-    assert find_engine(tmp_path, other) is None
-    why = explain_mismatch(tmp_path, other)
-    assert "tensorrt: engine has '10.9.0'" in why and "compute_capability: engine has '8.7'" in why and "precision" not in why
-    (plan.parent / "key.json").write_text(json.dumps(_key(dla_core=0).to_dict()))  # a plan filed under the wrong key
-    with pytest.raises(EngineMismatchError, match="dla_core: engine has 0"):
-        find_engine(tmp_path, key)
+    assert plan.parent.name == key.digest() and stored_engines(tmp_path, "model.onnx") == [(key, plan)]
+    assert stored_engines(tmp_path, "decoder.onnx") == []  # another graph's engines are not candidates
+    (plan.parent / "key.json").write_text(json.dumps(_key(dla_core=0).to_dict()))  # filed under the wrong key
+    assert stored_engines(tmp_path, "model.onnx") == []
+    (plan.parent / "key.json").write_text(json.dumps({"onnx_sha256": "ab", "precision": "fp16"}))  # old segrt
+    assert stored_engines(tmp_path, "model.onnx") == []
+
+
+@pytest.mark.parametrize("built, runtime, vc, no_lean, lean, fits", [
+    ("10.9.0", "10.9.0", False, False, False, True),     # same version: any plan
+    ("10.9.0", "10.12.0", False, False, False, False),   # ordinary plan: only its own version
+    ("10.9.0", "11.4.0", True, False, False, True),      # version-compatible: same or later (10 -> 11 documented)
+    ("11.4.0", "10.16.1", True, False, False, False),    # never an earlier runtime
+    ("10.9.0", "10.12.0", True, True, False, False),     # lean runtime left out: only that version's lean runtime
+    ("10.9.0", "10.9.0", True, True, True, True),
+    ("10.9.0", "10.9.0", False, False, True, False),     # the lean runtime loads version-compatible plans only
+    ("8.5.1", "10.9.0", True, False, False, False),      # version compatibility starts at 8.6
+])
+def test_version_fit_follows_tensorrts_documented_rule(built, runtime, vc, no_lean, lean, fits) -> None:
+    key = _key(tensorrt=built, version_compatible=vc, exclude_lean_runtime=no_lean)
+    assert (version_fit(key, runtime, lean) is None) == fits
+
+
+def test_resolve_engine_picks_deterministically_and_says_what_differs(tmp_path) -> None:
+    bundle = _bundle_with_model(tmp_path)
+    digest = model_digest(bundle / "model.onnx")
+    fp32 = store_engine(bundle, _key(model_sha256=digest, precision="fp32"), b"a")
+    fp16 = store_engine(bundle, _key(model_sha256=digest), b"b")
+    vc = store_engine(bundle, _key(model_sha256=digest, precision="int8", tensorrt="10.3.0", version_compatible=True), b"c")
+    store_engine(bundle, _key(model_sha256="cd" * 32, precision="int8"), b"stale")  # an older export
+    plan, key = resolve_engine(bundle / "model.onnx", runtime_version="10.9.0", gpu=ORIN, lean=False, build=False)
+    assert plan == fp16 and key.precision == "fp16"  # this exact version first, then the lowest precision
+    plan, _ = resolve_engine(bundle / "model.onnx", runtime_version="10.12.0", gpu=ORIN, lean=False, build=False)
+    assert plan == vc  # only the version-compatible plan loads on a later runtime
+    opts = BuildOptions(precision="fp32", **SIZES)
+    with pytest.raises(BackendUnavailableError) as err:
+        resolve_engine(bundle / "model.onnx", runtime_version="10.9.0", gpu=ORIN, lean=False, build=False,
+                       build_options=opts)
+    line = str(err.value)
+    assert "\n" not in line and "profiles: engine has" in line and "precision" in line
+    assert f"segrt build {bundle} --precision fp32 --min 256x256 --opt 512x640 --max 1024x1024" in line
+    with pytest.raises(BackendUnavailableError, match="gpu: engine has 'NVIDIA Jetson Orin', needed 'NVIDIA H100'"):
+        resolve_engine(bundle / "model.onnx", runtime_version="10.9.0", gpu=GpuIdentity("NVIDIA H100", "9.0"),
+                       lean=False, build=False)
+    plan, _ = resolve_engine(bundle / "model.onnx", runtime_version="10.9.0", gpu=ORIN, lean=True, build=False)
+    assert plan == vc  # the lean runtime: version-compatible plans only
+    with pytest.raises(BackendUnavailableError, match="--version-compatible --exclude-lean-runtime` on a machine "
+                                                      "with TensorRT 10.2.0"):
+        resolve_engine(bundle / "model.onnx", runtime_version="10.2.0", gpu=ORIN, lean=True, build=True)  # never built
+    assert fp32.is_file() and not list((bundle / "engines").glob(".*"))
 
 
 def test_workspace_is_capped_by_free_memory() -> None:
@@ -109,29 +165,3 @@ def test_without_tensorrt_the_backends_say_why(tmp_path) -> None:
     assert proc.returncode == 2 and "TensorRT is not installed" in proc.stderr and "Traceback" not in proc.stderr
     proc = segrt("build", tmp_path / "b")  # flags are checked before anything needs a GPU
     assert proc.returncode == 2 and "dynamic height" in proc.stderr
-
-
-def test_onnxruntime_tensorrt_provider_options_map_the_build_options(tmp_path) -> None:
-    """ONNX Runtime's TensorRT provider gets the same options `segrt build` takes: profiles from the same
-    derivation in its "name:AxBxC" syntax, precision flags, caches inside the bundle, DLA, CUDA graphs."""
-    from segrt.runtime.engine import ort_tensorrt_options
-
-    inputs = onnx_inputs(PPOCR)
-    opts = ort_tensorrt_options(tmp_path, inputs, BuildOptions(max_batch=4, **SIZES))
-    assert opts["trt_profile_min_shapes"] == "x:1x3x256x256" and opts["trt_profile_opt_shapes"] == "x:4x3x512x640"
-    assert opts["trt_profile_max_shapes"] == "x:4x3x1024x1024"
-    assert (opts["trt_fp16_enable"], opts["trt_int8_enable"]) == ("1", "0")
-    assert opts["trt_engine_cache_enable"] == "1" and opts["trt_engine_cache_path"] == str(tmp_path / "engines" / "onnxruntime-trt")
-    assert opts["trt_timing_cache_path"] == opts["trt_engine_cache_path"] and "trt_max_workspace_size" not in opts
-    assert "trt_dla_enable" not in opts and "trt_cuda_graph_enable" not in opts
-    int8 = ort_tensorrt_options(tmp_path, inputs, BuildOptions(precision="int8", dla_core=1, workspace_gb=2,
-                                                               timing_cache=tmp_path / "t" / "timing.cache", **SIZES),
-                                free_bytes=8 << 30, cuda_graph=True)
-    assert (int8["trt_fp16_enable"], int8["trt_int8_enable"], int8["trt_dla_core"]) == ("0", "1", "1")
-    assert int8["trt_max_workspace_size"] == str(2 << 30) and int8["trt_cuda_graph_enable"] == "1"
-    assert int8["trt_timing_cache_path"] == str(tmp_path / "t")
-    best = ort_tensorrt_options(tmp_path, [("image", (1, 3, 512, 512))], BuildOptions(precision="best"))
-    assert (best["trt_fp16_enable"], best["trt_int8_enable"]) == ("1", "1")
-    assert "trt_profile_min_shapes" not in best  # a fixed-shape model needs no profile
-    with pytest.raises(InvalidInputError, match="dynamic height"):
-        ort_tensorrt_options(tmp_path, inputs, BuildOptions())  # the same rule as segrt build

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InvalidInputError, ModelFormatError, SegrtError
+from ..errors import BackendUnavailableError, InvalidInputError, ModelFormatError
 from .base import Device, Runner, RunnerOptions, TensorSpec
 
 log = logging.getLogger("segrt")
@@ -43,6 +43,13 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, shape, np.dtype(_ORT_TYPES[arg.type]))
 
 
+def _model_file(model_path: Path) -> Path:
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelFormatError(f"model file {str(path)!r} is missing; re-export the bundle")
+    return path
+
+
 class OrtRunner(Runner):
     provider: ClassVar[str]
 
@@ -60,18 +67,16 @@ class OrtRunner(Runner):
     def __init__(self, model_path: Path, options: RunnerOptions | None = None) -> None:
         import onnxruntime as ort
 
+        path = _model_file(model_path)  # before anything opens it
         options = options or RunnerOptions()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         if options.threads is not None:
             so.intra_op_num_threads = options.threads
-        providers: list[Any] = [(self.provider, self._provider_options(Path(model_path), options))]
+        providers: list[Any] = [(self.provider, self._provider_options(path, options))]
         if self.provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # nodes the GPU provider cannot take
-        path = Path(model_path)
-        if not path.is_file():
-            raise ModelFormatError(f"model file {str(path)!r} is missing; re-export the bundle")
         try:
             self._session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped pybind errors
@@ -112,34 +117,60 @@ class OrtRunner(Runner):
 
 
 class OrtTensorRTRunner(OrtRunner):
-    """ONNX Runtime's TensorRT provider with ``segrt build``'s options (:func:`..engine.ort_tensorrt_options`):
-    engine and timing caches in the bundle, explicit profiles, FP16/INT8. NOT run on hardware here."""
+    """ONNX Runtime's TensorRT provider with ``segrt build``'s options (:mod:`..ort_trt`): the session runs the
+    graph that carries the precision (the bundle's own, or its cached FP16 variant) as a strongly typed
+    network on TensorRT 10 and 11, with explicit profiles and the engine/timing caches in the bundle.
+    Default options: the bundle's own precision, sides 256..1024. NOT run on hardware here."""
 
     name = "onnxruntime-tensorrt"
     device: ClassVar[Device] = "tensorrt"
     provider = "TensorrtExecutionProvider"
 
-    def _provider_options(self, model_path: Path, options: RunnerOptions) -> dict[str, Any]:
-        from ..engine import BuildOptions, ort_tensorrt_options
-        from ..engine_build import onnx_inputs
-        from ..manifest import read_manifest
+    def __init__(self, model_path: Path, options: RunnerOptions | None = None) -> None:
+        options = options or RunnerOptions()
+        graph, self._trt_options = self._plan(_model_file(model_path), options)
+        super().__init__(graph, options)
 
-        opts = options.engine
-        if opts is None:
-            try:
-                int8 = read_manifest(model_path.parent).precision == "int8"
-            except SegrtError:  # a model file outside a bundle
-                int8 = False
-            opts = BuildOptions(precision="int8" if int8 else "fp16", min_hw=(256, 256), opt_hw=(512, 512),
-                                max_hw=(1024, 1024))
-        (model_path.parent / "engines" / "onnxruntime-trt").mkdir(parents=True, exist_ok=True)
-        inputs = onnx_inputs(model_path)
+    @staticmethod
+    def _graph(path: Path, precision: str) -> tuple[Path, str]:
+        """The graph for ``precision`` and the precision it carries (a bare .onnx: taken as asked)."""
+        from ..manifest import MANIFEST_NAME, read_manifest
+        from ..variants import graph_for
+
+        if not (path.parent / MANIFEST_NAME).is_file():
+            return path, precision
         try:
-            mapped = ort_tensorrt_options(model_path.parent, inputs, opts, cuda_graph=options.cuda_graph)
+            return graph_for(path.parent, path.name, precision), precision
+        except InvalidInputError as exc:  # no graph carries it: the provider options decide (flag or error)
+            log.info("onnxruntime-tensorrt: %s", exc)
+            return path, read_manifest(path.parent).precision
+
+    @classmethod
+    def _plan(cls, path: Path, options: RunnerOptions) -> tuple[Path, dict[str, Any]]:
+        """The graph the session runs and the provider options; no provider is loaded."""
+        from ..engine import default_build_options, derive_profiles
+        from ..engine_build import concrete, onnx_inputs
+        from ..onnx_files import model_digest
+        from ..ort_trt import ort_tensorrt_options, tensorrt_major_for_ort
+
+        opts = options.engine or default_build_options(path.parent)
+        if opts.precision == "best":
+            opts = concrete(path.parent, path.name, opts)
+        graph, carried = cls._graph(path, opts.precision)
+        inputs = onnx_inputs(path)
+        try:
+            derive_profiles(inputs, opts)
         except InvalidInputError as exc:  # a dynamic axis segrt has no rule for: the provider's own profiles
-            log.info("onnxruntime-tensorrt: no explicit profiles for %s (%s)", model_path.name, exc)
-            mapped = ort_tensorrt_options(model_path.parent, [], opts, cuda_graph=options.cuda_graph)
-        return {"device_id": str(options.device_id), **mapped}
+            log.info("onnxruntime-tensorrt: no explicit profiles for %s (%s)", path.name, exc)
+            inputs = []
+        mapped = ort_tensorrt_options(path.parent, inputs, opts, graph_precision=carried,
+                                      graph_digest=model_digest(graph), tensorrt_major=tensorrt_major_for_ort(),
+                                      cuda_graph=options.cuda_graph)
+        Path(mapped["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        return graph, {"device_id": str(options.device_id), **mapped}
+
+    def _provider_options(self, model_path: Path, options: RunnerOptions) -> dict[str, Any]:
+        return self._trt_options
 
 
 class OrtCudaRunner(OrtRunner):
