@@ -5,6 +5,7 @@ lifecycle on named test doubles of what needs a GPU. None of this ran on a GPU."
 from __future__ import annotations
 
 import ast
+import functools
 import gc
 import json
 import os
@@ -41,46 +42,47 @@ def _chain(node: ast.expr) -> list[str]:
     return [node.id, *reversed(names)] if isinstance(node, ast.Name) else list(reversed(names))
 
 
+def _on_tensorrt(node: ast.expr) -> tuple[str, str] | None:
+    """(class or "module", attribute path) when ``node`` is an attribute of a TensorRT object, else None."""
+    if not isinstance(node, ast.Attribute):
+        return None
+    chain = _chain(node)
+    at = next((i for i, n in enumerate(chain[:-1]) if n in RECEIVERS), None)
+    return None if at is None else (RECEIVERS[chain[at]] or "module", ".".join(chain[at + 1:]))
+
+
 def tensorrt_calls() -> dict[str, set[str]]:
     """{class or "module": attribute paths} the runner modules use on TensorRT objects, read from their source."""
     used: dict[str, set[str]] = {}
     for source in RUNNER_SOURCES:
         for node in ast.walk(ast.parse(source.read_text())):
-            if not isinstance(node, ast.Attribute):
-                continue
-            chain = _chain(node)
-            at = next((i for i, n in enumerate(chain[:-1]) if n in RECEIVERS), None)
-            if at is not None:
-                used.setdefault(RECEIVERS[chain[at]] or "module", set()).add(".".join(chain[at + 1:]))
+            if (found := _on_tensorrt(node)) is not None:
+                used.setdefault(found[0], set()).add(found[1])
     return used
 
 
-CHECK = """
-import json, sys
-import tensorrt_lean as trt
-used = json.loads(sys.argv[1])
-missing = []
-for cls, paths in used.items():
-    owner = trt if cls == "module" else getattr(trt, cls)
-    for path in paths:
-        obj = owner
-        for part in path.split("."):
-            if not hasattr(obj, part):
-                missing.append(f"{cls}.{path}")
-                break
-            obj = getattr(obj, part)
-classes = [trt.Runtime, trt.ICudaEngine, trt.IExecutionContext]
-names = set().union(*(dir(c) for c in classes))
-print(json.dumps({"version": trt.__version__, "missing": sorted(missing), "names": sorted(names)}))
-"""
+def tensorrt_call_arities() -> dict[str, set[int]]:
+    """{"Class.method": argument counts} of every call the runner modules make on a TensorRT object's method."""
+    calls: dict[str, set[int]] = {}
+    for source in RUNNER_SOURCES:
+        for node in ast.walk(ast.parse(source.read_text())):
+            found = _on_tensorrt(node.func) if isinstance(node, ast.Call) else None
+            if found is not None and found[0] != "module":
+                calls.setdefault(".".join(found), set()).add(len(node.args) + len(node.keywords))
+    return calls
 
 
+CHECK = Path(__file__).with_name("_trt_api_check.py")  # run with PYTHONPATH at one version's lean bindings
+
+
+@functools.lru_cache(maxsize=None)
 def _real_bindings(major: int) -> dict:
     """Run CHECK against the real lean bindings of ``major`` in their own process (one TensorRT per process)."""
     env = {**os.environ, "PYTHONPATH": str(lean_dir(major))}
     used = {k: sorted(v) for k, v in tensorrt_calls().items()}
-    out = subprocess.run([sys.executable, "-c", CHECK, json.dumps(used)], env=env, capture_output=True, text=True,
-                         timeout=120)
+    calls = {k: sorted(v) for k, v in tensorrt_call_arities().items()}
+    out = subprocess.run([sys.executable, str(CHECK), json.dumps(used), json.dumps(calls)], env=env,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -92,7 +94,8 @@ def real(request) -> dict:
 
 def test_the_source_scan_sees_the_calls_that_matter() -> None:
     used = tensorrt_calls()
-    assert {"set_input_shape", "set_tensor_address", "execute_async_v3", "get_tensor_shape"} <= used["IExecutionContext"]
+    context = {"set_input_shape", "set_tensor_address", "execute_async_v3", "get_tensor_shape"}
+    assert context <= used["IExecutionContext"]
     assert {"num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_dtype", "get_tensor_shape",
             "get_tensor_profile_shape", "is_shape_inference_io", "create_execution_context"} <= used["ICudaEngine"]
     assert {"deserialize_cuda_engine", "engine_host_code_allowed"} <= used["Runtime"]
@@ -102,6 +105,11 @@ def test_the_source_scan_sees_the_calls_that_matter() -> None:
 def test_every_call_exists_on_the_real_classes(real) -> None:
     assert real["version"].split(".")[0] in ("10", "11")
     assert real["missing"] == [], f"TensorRT {real['version']} lacks {real['missing']}"
+
+
+def test_every_call_passes_as_many_arguments_as_a_real_signature_takes(real) -> None:
+    assert {"IExecutionContext.set_input_shape", "ICudaEngine.get_tensor_profile_shape"} <= set(tensorrt_call_arities())
+    assert real["arity"] == [], f"TensorRT {real['version']}: {real['arity']}"
 
 
 def test_no_removed_or_binding_index_call_is_used() -> None:
@@ -276,3 +284,30 @@ def test_start_up_checks_the_model_before_anything_else(tmp_path) -> None:
     for backend in RUNNERS:  # neither TensorRT is importable here: the model check still comes first
         with pytest.raises(ModelFormatError, match="is missing"):
             backend(tmp_path / "model.onnx", RunnerOptions())
+
+
+FRESH = """
+import json, sys
+from pathlib import Path
+from segrt.runtime.backends import select_runner
+from segrt.runtime.backends.tensorrt_lean import TensorRTLeanRunner
+reason = TensorRTLeanRunner.unavailable_reason()
+imported = sorted(m for m in sys.modules if m.startswith("tensorrt"))
+runner, skipped = select_runner(Path(sys.argv[1]), "auto")
+print(json.dumps({"reason": reason, "imported_by_reason": imported, "runner": runner.name, "skipped": skipped}))
+"""
+
+
+def test_in_a_fresh_process_the_real_lean_runner_is_tried_then_falls_back(tmp_path) -> None:
+    """No doubles: the real bindings on PYTHONPATH, ``auto`` imports them, asks the real CUDA for the GPU, and
+    falls back to ONNX Runtime saying why; ``unavailable_reason`` imported nothing."""
+    conv_onnx(tmp_path / "model.onnx", hw=(8, 8))
+    env = {**os.environ, "PYTHONPATH": str(lean_dir(11))}
+    out = subprocess.run([sys.executable, "-c", FRESH, str(tmp_path / "model.onnx")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["reason"] is None and got["imported_by_reason"] == []
+    assert got["runner"] == "onnxruntime-cpu"
+    lean = next(line for line in got["skipped"] if line.startswith("tensorrt-lean: "))
+    assert "CUDA" in lean and "no TensorRT engine" not in lean, lean  # the GPU query failed first

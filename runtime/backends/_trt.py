@@ -255,7 +255,8 @@ class TrtRunner(Runner):
         cuda, arr = self._cuda, np.ascontiguousarray(value, dtype=spec.dtype)
         self._check_shape(spec.name, arr.shape)
         if not self._ctx.set_input_shape(spec.name, arr.shape):
-            raise InferenceError(f"TensorRT set_input_shape({spec.name!r}, {arr.shape}) failed; run with -v for its log")
+            raise InferenceError(f"TensorRT set_input_shape({spec.name!r}, {arr.shape}) failed; run with -v for "
+                                 "its log")
         host, dev = self._buffer(spec.name, arr.nbytes, True), self._buffer(spec.name, arr.nbytes, False)
         np.copyto(cuda.host_view(host, arr.nbytes), arr.reshape(-1).view(np.uint8))
         cuda.to_device(dev, host, arr.nbytes, self._stream)
