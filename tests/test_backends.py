@@ -12,7 +12,7 @@ from segrt.runtime.backends import BACKENDS, RunnerOptions, select_runner
 from segrt.runtime.backends._trt import tensor_specs
 from segrt.runtime.backends.tensorrt import TensorRTRunner
 from segrt.runtime.backends.tensorrt_lean import TensorRTLeanRunner
-from segrt.runtime.errors import BackendUnavailableError, InvalidInputError, ModelFormatError
+from segrt.runtime.errors import BackendUnavailableError, InferenceError, InvalidInputError, ModelFormatError
 
 from ._trt_lean import EngineDouble, TensorDouble, lean_trt  # noqa: F401
 from .conftest import PPOCR, conv_onnx
@@ -58,6 +58,14 @@ class TestRunnerContract:
     def test_bad_feeds_are_typed_errors(self, backend, fixed_model, feeds, message: str) -> None:
         with pytest.raises(InvalidInputError, match=message):
             backend(fixed_model, RunnerOptions()).infer(feeds)
+
+    def test_close_and_with(self, backend, fixed_model) -> None:
+        x = {"image": np.zeros((1, 3, 16, 24), np.float32)}
+        with backend(fixed_model, RunnerOptions(threads=1)) as runner:
+            assert runner.infer(x)["scores"].shape == (1, 3, 16, 24)
+        runner.close()  # idempotent
+        with pytest.raises(InferenceError, match="closed; load the model again"):
+            runner.infer(x)
 
     def test_corrupt_model_is_a_format_error(self, backend, tmp_path) -> None:
         bad = tmp_path / "model.onnx"

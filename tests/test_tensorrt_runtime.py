@@ -18,6 +18,7 @@ import pytest
 
 from segrt.runtime.backends import _trt
 from segrt.runtime.backends._cuda import CudaPython
+from segrt.runtime.backends._model_file import check_model_file
 from segrt.runtime.backends.base import RunnerOptions
 from segrt.runtime.backends.tensorrt import TensorRTRunner
 from segrt.runtime.backends.tensorrt_lean import TensorRTLeanRunner
@@ -142,7 +143,7 @@ def test_lean_bindings_make_the_lean_runner_available(lean_trt) -> None:
 def test_real_onnx_files_pass(tmp_path) -> None:
     conv_onnx(tmp_path / "m.onnx", hw=(8, 8))
     for path in (PPOCR, tmp_path / "m.onnx"):
-        _trt.check_model_file(path)
+        check_model_file(path)
 
 
 @pytest.mark.parametrize("content, problem", [
@@ -151,15 +152,15 @@ def test_real_onnx_files_pass(tmp_path) -> None:
 def test_what_is_not_onnx_is_a_format_error(tmp_path, content: bytes, problem: str) -> None:
     (tmp_path / "model.onnx").write_bytes(content)
     with pytest.raises(ModelFormatError, match=f"cannot load .*not an ONNX model \\({problem}.*re-export"):
-        _trt.check_model_file(tmp_path / "model.onnx")
+        check_model_file(tmp_path / "model.onnx")
 
 
 def test_truncated_onnx_and_missing_file(tmp_path) -> None:
     (tmp_path / "model.onnx").write_bytes(PPOCR.read_bytes()[:5000])
     with pytest.raises(ModelFormatError, match="truncated"):
-        _trt.check_model_file(tmp_path / "model.onnx")
+        check_model_file(tmp_path / "model.onnx")
     with pytest.raises(ModelFormatError, match="is missing; re-export"):
-        _trt.check_model_file(tmp_path / "gone.onnx")
+        check_model_file(tmp_path / "gone.onnx")
 
 
 # --- CUDA calls against the real cuda-python (no GPU here: each fails with CUDA's own error, typed) -----------
@@ -178,6 +179,17 @@ def test_cuda_python_calls_fail_typed_without_a_gpu() -> None:
             call()
     with pytest.raises(BackendUnavailableError, match="cudaStreamCreate"):
         cuda.stream_create()
+
+
+def test_every_cuda_python_function_called_exists() -> None:
+    """The CUDA calls the runners make (``rt.<name>`` in _cuda.py) exist in the installed cuda-python."""
+    from cuda.bindings import runtime as rt
+
+    tree = ast.parse(Path(sys.modules[CudaPython.__module__].__file__).read_text())
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and _chain(n.value)[-1:] == ["_rt"]
+            or isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "rt"}
+    assert {"cudaMemcpyAsync", "cudaGraphInstantiate", "cudaGraphLaunch", "cudaStreamEndCapture"} <= used
+    assert sorted(n for n in used if not hasattr(rt, n)) == []
 
 
 # --- the engine checks and the runner on test doubles ----------------------------------------------------------

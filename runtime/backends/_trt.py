@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import mmap
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -33,8 +32,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import (BackendUnavailableError, EngineMismatchError, InferenceError, InvalidInputError,
-                      ModelFormatError, SegrtError)
+                      SegrtError)
 from ._cuda import cuda_unavailable_reason, open_cuda
+from ._model_file import check_model_file
 from .base import Device, Runner, RunnerOptions, TensorSpec
 
 #: Runtime-side names TensorRT 11 removed (migration guide; pyCore.cpp v10.16 vs v11.1), and the binding-index API
@@ -50,7 +50,6 @@ BINDING_INDEX_API = frozenset({
     "num_bindings", "get_binding_index", "get_binding_name", "get_binding_shape", "get_binding_dtype",
     "binding_is_input", "set_binding_shape", "execute_async_v2", "execute_async", "execute",
 })
-_MAX_HEADER_FIELDS = 1 << 14  # a ModelProto has about 10 top-level fields (more with metadata_props)
 
 
 def _has(module: str) -> bool:
@@ -66,53 +65,6 @@ def import_first(names: tuple[str, ...], install: str) -> ModuleType:
         except ImportError:
             continue
     raise BackendUnavailableError(f"cannot import {' or '.join(names)}; reinstall it ({install})")
-
-
-def _varint(buf: Any, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while pos < len(buf) and shift < 70:
-        byte = buf[pos]
-        value, pos, shift = value | (byte & 0x7F) << shift, pos + 1, shift + 7
-        if not byte & 0x80:
-            return value, pos
-    raise ValueError("truncated varint")
-
-
-def _onnx_problem(buf: Any) -> str | None:
-    """Why ``buf`` is not a serialized ONNX ModelProto (walks its top-level protobuf fields), or None."""
-    pos, seen = 0, set()
-    for _ in range(_MAX_HEADER_FIELDS):
-        if pos == len(buf):
-            return None if {1, 7} <= seen else "no ir_version or graph field"
-        tag, pos = _varint(buf, pos)
-        field, wire = tag >> 3, tag & 7
-        if field == 0 or wire not in (0, 1, 2, 5):
-            return f"invalid protobuf field (tag {tag})"
-        if wire == 0:
-            _, pos = _varint(buf, pos)
-        else:
-            size, pos = _varint(buf, pos) if wire == 2 else ({1: 8, 5: 4}[wire], pos)
-            pos += size
-        if pos > len(buf):
-            return "truncated"
-        seen.add(field)
-    return "too many top-level fields"
-
-
-def check_model_file(path: Path) -> None:
-    """ModelFormatError unless ``path`` is an ONNX file: the engine cache keys on it, and a corrupt one must not
-    pass as merely "no engine yet". Cheap: only the top-level fields are read (mmap)."""
-    if not path.is_file():
-        raise ModelFormatError(f"model file {str(path)!r} is missing; re-export the bundle")
-    if path.stat().st_size == 0:
-        raise ModelFormatError(f"cannot load {str(path)!r}: not an ONNX model (empty file); re-export the bundle")
-    try:
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            problem = _onnx_problem(buf)
-    except ValueError as exc:  # a varint ran off the end
-        problem = str(exc)
-    if problem is not None:
-        raise ModelFormatError(f"cannot load {str(path)!r}: not an ONNX model ({problem}); re-export the bundle")
 
 
 def tensor_specs(engine: Any, trt: ModuleType) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

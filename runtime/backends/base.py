@@ -44,7 +44,8 @@ class RunnerOptions:
     #: TensorRT (native runner and ONNX Runtime's TensorRT provider): replay a captured CUDA graph while the
     #: input shapes stay the same (camera loops); recaptured when a shape changes
     cuda_graph: bool = False
-    #: ONNX Runtime's TensorRT provider: the ``segrt build`` options it maps (None: FP16, 256..1024 sides)
+    #: TensorRT: the ``segrt build`` options (a ``BuildOptions``) ONNX Runtime's TensorRT provider maps, and that the
+    #: native runner matches and builds with (None: the provider's FP16 256..1024 defaults; any fitting engine)
     engine: Any = None
 
     def __post_init__(self) -> None:
