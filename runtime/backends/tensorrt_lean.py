@@ -5,8 +5,8 @@ The lean runtime runs only version-compatible engines and cannot build them: bui
 TensorRT and the same GPU with ``segrt build <bundle> --version-compatible --exclude-lean-runtime`` and copy
 the bundle. The plan carries host code, so the runner sets ``engine_host_code_allowed`` before deserializing.
 Import name ``tensorrt_lean`` (what ``pip install tensorrt-lean-cu13`` gives), or ``tensorrt_lean_bindings``
-where only the bindings wheel is installed. Jetson: PyPI has no aarch64 lean wheels; JetPack's own
-``tensorrt_lean`` module (TensorRT 10.x) is what this runner imports there.
+where only the bindings wheel is installed. Jetson: PyPI has no aarch64 lean wheels (none for 10.16.1.11);
+there the native runner uses JetPack's TensorRT 10.x, and this one a ``tensorrt_lean`` module JetPack installs.
 
 The runner is :class:`segrt.runtime.backends._trt.TrtRunner`, shared with the native runner: written against
 TensorRT's documented API, checked against the real lean bindings' classes of 10.16 and 11.4, NOT run on a GPU
