@@ -11,7 +11,6 @@ extra); a runtime-only install gets a one-line error saying what to install.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shutil
 from pathlib import Path
@@ -29,9 +28,11 @@ def ensure_fp16_variant(bundle: Path) -> Path:
     found = find_variant(bundle, "fp16")
     if found is not None:
         return found
-    if importlib.util.find_spec("onnx") is None:
+    try:
+        import onnx  # noqa: F401  (the float16 converter's dependency)
+    except ImportError:
         raise ExportError("making the FP16 graph TensorRT builds from needs onnx: pip install 'segrt[export]' "
-                          "(or build a bundle from `segrt quantize --precision fp16`)")
+                          "(or build a bundle from `segrt quantize --precision fp16`)") from None
     from .quantize import QuantizeConfig, quantize_bundle
 
     m = read_manifest(bundle)

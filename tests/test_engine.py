@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from segrt.runtime import (
     BackendUnavailableError,
@@ -28,7 +29,7 @@ from segrt.runtime.engine import (
     workspace_bytes,
 )
 from segrt.runtime.engine_build import onnx_inputs
-from segrt.runtime.onnx_files import model_digest
+from segrt.runtime.onnx_files import external_data_locations, model_digest
 
 from .conftest import PPOCR, conv_onnx
 from .test_cli import segrt
@@ -165,3 +166,32 @@ def test_without_tensorrt_the_backends_say_why(tmp_path) -> None:
     assert proc.returncode == 2 and "TensorRT is not installed" in proc.stderr and "Traceback" not in proc.stderr
     proc = segrt("build", tmp_path / "b")  # flags are checked before anything needs a GPU
     assert proc.returncode == 2 and "dynamic height" in proc.stderr
+
+
+def test_external_data_is_found_without_onnx_wherever_it_is_referenced(tmp_path) -> None:
+    """Per-tensor files (older exporters), one shared file, and a tensor inside a node attribute (a Constant):
+    every one is in the digest, and changing any one's bytes, or losing it, changes the digest."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    conv_onnx(tmp_path / "src.onnx")
+    model = onnx.load(str(tmp_path / "src.onnx"))
+    bias = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(1, 64, 1, 1)[:, :3], "bias_value")
+    model.graph.node.append(helper.make_node("Constant", [], ["bias"], value=bias))
+    model.graph.node.append(helper.make_node("Add", ["scores", "bias"], ["scored"]))
+    model.graph.output[0].name = "scored"
+    onnx.save_model(model, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=0, convert_attribute=True)
+    found = external_data_locations(tmp_path / "m.onnx")
+    assert set(found) == {"w1", "w2", "bias_value"} and all((tmp_path / f).is_file() for f in found)
+    before = model_digest(tmp_path / "m.onnx")
+    raw = bytearray((tmp_path / "bias_value").read_bytes())
+    raw[:4] = b"\xff" * 4
+    (tmp_path / "bias_value").write_bytes(bytes(raw))
+    changed = model_digest(tmp_path / "m.onnx")
+    (tmp_path / "w2").unlink()
+    assert len({before, changed, model_digest(tmp_path / "m.onnx")}) == 3
+    onnx.save_model(onnx.load(str(tmp_path / "src.onnx")), str(tmp_path / "one.onnx"), save_as_external_data=True,
+                    location="one.onnx.data", size_threshold=0)
+    assert external_data_locations(tmp_path / "one.onnx") == ["one.onnx.data"]
+    assert external_data_locations(tmp_path / "src.onnx") == []

@@ -6,6 +6,10 @@ stands in for ``tensorrt`` and a fixed identity for ``gpu_identity``. None of th
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 from segrt.runtime import BackendUnavailableError
@@ -64,6 +68,10 @@ def test_fp16_builds_from_the_gated_variant_and_reuses_the_cache(version, fp16_s
         again = build_engine(fp16_source, BuildOptions(precision="fp16", min_hw=(64, 64), opt_hw=(128, 128),
                                                        max_hw=(256, 256)), gpu=GPU)
     assert again == (plan, key) and _names(trt.calls, "builder.build_serialized_network") == [True]  # reused
+    with installed(version) as trt:
+        assert build_engine(fp16_source, BuildOptions(precision="fp16", min_hw=(64, 64), opt_hw=(128, 128),
+                                                      max_hw=(256, 256)), gpu=GPU, force=True) == (plan, key)
+    assert _names(trt.calls, "builder.build_serialized_network") == [True]  # --force rebuilds
     assert key.precision == "fp16" and key.tensorrt == version
     with installed(version) as trt:
         assert main(["build", str(fp16_source), "--precision", "best", *SIZES]) == 0  # best: the FP16 variant
@@ -147,3 +155,33 @@ def test_cli_flags_fail_in_one_line_before_anything_needs_a_gpu(tmp_path, capsys
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "segrt: error: TensorRT is not installed: pip install 'segrt[tensorrt]' on an NVIDIA machine (TensorRT 10.x "
         "or 11.x)"]
+
+
+def test_a_runtime_only_install_builds_what_the_graph_carries_and_says_what_to_install(tmp_path) -> None:
+    """onnx cannot be imported (an edge install): FP32 still builds, FP16 on an FP32 bundle names the extra."""
+    bundle = fp32_bundle(tmp_path)
+    code = textwrap.dedent(f"""
+        import sys
+        class _NoOnnx:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("onnx", "torch"):
+                    raise ImportError(f"{{name}} is blocked in this test")
+        sys.meta_path.insert(0, _NoOnnx())
+        sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+        from tests.doubles.tensorrt_builder import installed
+        from segrt.runtime import engine_build
+        from segrt.runtime.engine import GpuIdentity
+        from segrt.runtime.cli import main
+        engine_build.gpu_identity = lambda device_id=0: GpuIdentity("NVIDIA Jetson AGX Orin", "8.7")
+        sizes = ["--min", "64x64", "--opt", "128x128", "--max", "256x256"]
+        with installed("10.16.1.11"):
+            assert main(["build", {str(bundle)!r}, "--precision", "fp32", *sizes]) == 0
+            assert main(["build", {str(bundle)!r}, "--precision", "fp16", *sizes]) == 2
+        assert "onnx" not in sys.modules
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "segrt: error: making the FP16 graph TensorRT builds from needs onnx: pip install 'segrt[export]' "
+        "(or build a bundle from `segrt quantize --precision fp16`)")
+    assert not (bundle / "variants").exists()

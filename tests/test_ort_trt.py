@@ -77,3 +77,24 @@ def test_the_session_gets_the_fp16_variant_on_both_versions(major, fp16_source, 
 def test_a_missing_model_file_is_reported_before_anything_opens_it(tmp_path) -> None:
     with pytest.raises(ModelFormatError, match="is missing; re-export the bundle"):
         OrtTensorRTRunner(tmp_path / "absent.onnx", RunnerOptions())
+
+
+def test_the_tensorrt_version_ort_loads(monkeypatch) -> None:
+    from importlib import metadata
+
+    from segrt.runtime import ort_trt
+
+    def version(installed: dict[str, str]):
+        def lookup(dist: str) -> str:
+            if dist not in installed:
+                raise metadata.PackageNotFoundError(dist)
+            return installed[dist]
+        return lookup
+
+    monkeypatch.setattr(ort_trt.metadata, "version", version({"tensorrt-cu12-libs": "10.16.1.11"}))
+    assert ort_trt.tensorrt_major_for_ort() == 10  # the wheel says
+    monkeypatch.setattr(ort_trt.metadata, "version", version({}))
+    monkeypatch.setattr("onnxruntime.__version__", "1.26.0")
+    assert ort_trt.tensorrt_major_for_ort() == 10  # ONNX Runtime before 1.27 cannot load TensorRT 11
+    monkeypatch.setattr("onnxruntime.__version__", "1.27.1")
+    assert ort_trt.tensorrt_major_for_ort() == 11
