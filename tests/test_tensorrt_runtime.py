@@ -255,6 +255,18 @@ def test_infer_binds_copies_and_runs_by_name(lean_trt) -> None:
         runner.infer({"x": np.zeros((1, 3, 256, 64), np.float32)})
 
 
+def test_cuda_graph_is_captured_per_shape_replayed_and_freed(lean_trt) -> None:
+    runner, cuda = _runner(lean_trt)
+    runner._use_graph = True
+    small, large = np.zeros((1, 3, 32, 32), np.float32), np.zeros((1, 3, 64, 64), np.float32)
+    for x in (small, small, large):
+        runner.infer({"x": x})
+    assert [c for c in cuda.calls if c in ("capture", "graph_launch", "graph_destroy")] == \
+        ["capture", "graph_launch", "graph_destroy", "capture"]  # a new shape: the old graph goes
+    runner.close()
+    assert cuda.calls.count("graph_destroy") == 2
+
+
 @pytest.mark.parametrize("fail", ["set_input_shape", "set_tensor_address", "execute_async_v3"])
 def test_a_failed_tensorrt_call_after_start_up_is_an_inference_error(lean_trt, fail: str) -> None:
     runner, _ = _runner(lean_trt, fail=fail)
@@ -266,8 +278,8 @@ def test_close_frees_everything_once_and_infer_after_it_is_typed(lean_trt) -> No
     runner, cuda = _runner(lean_trt)
     with runner:
         runner.infer({"x": np.zeros((1, 3, 32, 32), np.float32)})
-    freed = cuda.calls[cuda.calls.index("synchronize", len(cuda.calls) - 7):]
-    assert freed == ["synchronize", "free", "free", "free_host", "free_host", "stream_destroy", "close"]
+        ran = len(cuda.calls)
+    assert cuda.calls[ran:] == ["synchronize", "free", "free", "free_host", "free_host", "stream_destroy", "close"]
     assert runner._ctx is None and runner._engine is None and not cuda.device and not cuda.host
     runner.close()  # idempotent
     assert cuda.calls[-1] == "close"
