@@ -385,4 +385,5 @@ def resolve_engine(model_path: Path, *, runtime_version: str, gpu: GpuIdentity, 
     where = "this machine" if not lean else f"a machine with TensorRT {runtime_version}"
     raise BackendUnavailableError(
         f"no TensorRT engine for {model_path.name} fits {'the lean ' if lean else ''}TensorRT {runtime_version} on "
-        f"{gpu.name} (sm {gpu.compute_capability}): {what}; run `{build_command(bundle, build_options, lean)}` on {where}")
+        f"{gpu.name} (sm {gpu.compute_capability}): {what}; "
+        f"run `{build_command(bundle, build_options, lean)}` on {where}")

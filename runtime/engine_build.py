@@ -93,8 +93,10 @@ def _config(trt: Any, builder: Any, opts: BuildOptions, workspace: int) -> Any:
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     if opts.dla_core is not None:
         if opts.dla_core >= builder.num_DLA_cores:
+            note = " (TensorRT 11 does not support JetPack: Jetson's DLA stays on TensorRT 10)" \
+                if int(str(trt.__version__).split(".")[0]) >= 11 else ""
             raise BackendUnavailableError(f"--dla-core {opts.dla_core}: this device has {builder.num_DLA_cores} DLA "
-                                          "core(s) (TensorRT 11 has no DLA on Jetson: JetPack stays on TensorRT 10)")
+                                          f"core(s){note}; drop --dla-core to build for the GPU")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = opts.dla_core
         if opts.gpu_fallback:

@@ -38,5 +38,6 @@ def fp16_source(tmp_path_factory) -> Path:
         mp.setattr("segrt.runtime.engine_build.gpu_identity", lambda device_id=0: GPU)
         assert main(["build", str(bundle), "--precision", "fp16", "--min", "32x32", "--opt", "64x64",
                      "--max", "128x128"]) == 0
-    assert [c for c in trt.calls if c[0] == "parser.parse_from_file"][0][1].startswith(str(bundle / "variants" / "fp16-"))
+    parsed = [c[1] for c in trt.calls if c[0] == "parser.parse_from_file"]
+    assert parsed and parsed[0].startswith(str(bundle / "variants" / "fp16-"))
     return bundle

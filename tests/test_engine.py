@@ -122,7 +122,8 @@ def test_resolve_engine_picks_deterministically_and_says_what_differs(tmp_path) 
     digest = model_digest(bundle / "model.onnx")
     fp32 = store_engine(bundle, _key(model_sha256=digest, precision="fp32"), b"a")
     fp16 = store_engine(bundle, _key(model_sha256=digest), b"b")
-    vc = store_engine(bundle, _key(model_sha256=digest, precision="int8", tensorrt="10.3.0", version_compatible=True), b"c")
+    vc = store_engine(bundle, _key(model_sha256=digest, precision="int8", tensorrt="10.3.0", version_compatible=True),
+                      b"c")
     store_engine(bundle, _key(model_sha256="cd" * 32, precision="int8"), b"stale")  # an older export
     plan, key = resolve_engine(bundle / "model.onnx", runtime_version="10.9.0", gpu=ORIN, lean=False, build=False)
     assert plan == fp16 and key.precision == "fp16"  # this exact version first, then the lowest precision

@@ -84,9 +84,11 @@ def test_dla_on_10_and_its_guard_on_11(fp16_source) -> None:  # noqa: F811
     with installed(VERSIONS[0], dla_cores=2) as trt:
         build_engine(fp16_source, opts, gpu=GPU)
     assert _names(trt.calls, "config.set_flag") == ["GPU_FALLBACK"]
-    with installed(VERSIONS[1]), pytest.raises(BackendUnavailableError, match="has 0 DLA core.*JetPack stays on "
-                                                                               "TensorRT 10"):
+    with installed(VERSIONS[1]), pytest.raises(BackendUnavailableError, match="has 0 DLA core.*does not support "
+                                                                               "JetPack.*drop --dla-core"):
         build_engine(fp16_source, opts, gpu=GPU)
+    with installed(VERSIONS[0]), pytest.raises(BackendUnavailableError, match="has 0 DLA core.s.; drop --dla-core"):
+        build_engine(fp16_source, opts, gpu=GPU, force=True)  # desktop GPU, 10.x (force: else the cache)
 
 
 def test_int8_needs_a_qdq_graph_and_says_which_command(tmp_path, capsys) -> None:

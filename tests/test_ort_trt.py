@@ -44,7 +44,8 @@ def test_options_map_profiles_caches_workspace_dla(tmp_path) -> None:
     opts = ort_tensorrt_options(tmp_path, inputs, BuildOptions(precision="fp32", max_batch=4, **SIZES),
                                 graph_precision="fp32", graph_digest="ab" * 32, tensorrt_major=11)
     assert opts["trt_profile_min_shapes"] == "x:1x3x256x256" and opts["trt_profile_opt_shapes"] == "x:4x3x512x640"
-    assert opts["trt_profile_max_shapes"] == "x:4x3x1024x1024" and (opts["trt_fp16_enable"], opts["trt_int8_enable"]) == ("0", "0")
+    assert opts["trt_profile_max_shapes"] == "x:4x3x1024x1024"
+    assert (opts["trt_fp16_enable"], opts["trt_int8_enable"]) == ("0", "0")
     cache = tmp_path / "engines" / "onnxruntime-trt" / ("ab" * 8 + "-fp32")  # keyed by the graph's digest
     assert opts["trt_engine_cache_path"] == str(cache) and opts["trt_timing_cache_path"] == str(cache)
     assert "trt_max_workspace_size" not in opts and "trt_dla_enable" not in opts and "trt_cuda_graph_enable" not in opts
@@ -65,7 +66,8 @@ def test_options_map_profiles_caches_workspace_dla(tmp_path) -> None:
 @pytest.mark.parametrize("major", (10, 11))
 def test_the_session_gets_the_fp16_variant_on_both_versions(major, fp16_source, monkeypatch) -> None:  # noqa: F811
     monkeypatch.setattr("segrt.runtime.ort_trt.tensorrt_major_for_ort", lambda: major)
-    options = RunnerOptions(engine=BuildOptions(precision="fp16", min_hw=(64, 64), opt_hw=(128, 128), max_hw=(256, 256)))
+    options = RunnerOptions(engine=BuildOptions(precision="fp16", min_hw=(64, 64), opt_hw=(128, 128),
+                                                max_hw=(256, 256)))
     graph, provider = OrtTensorRTRunner._plan(fp16_source / "model.onnx", options)
     assert graph.parent.parent == fp16_source / "variants" and graph.name == "model.onnx"
     assert (provider["trt_fp16_enable"], provider["trt_int8_enable"]) == ("0", "0")

@@ -45,8 +45,8 @@ def make_tensorrt(version: str, *, dla_cores: int = 0) -> types.ModuleType:
     trt.BuilderFlag = enum.IntEnum("BuilderFlag", _FLAGS_10 if major == 10 else _FLAGS_11, start=0)
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",
                                                      _NETWORK_10 if major == 10 else _NETWORK_11, start=0)
-    trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", ("WORKSPACE", "DLA_MANAGED_SRAM", "DLA_LOCAL_DRAM",
-                                                         "DLA_GLOBAL_DRAM", "TACTIC_DRAM", "TACTIC_SHARED_MEMORY"), start=0)
+    pools = ("WORKSPACE", "DLA_MANAGED_SRAM", "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM", "TACTIC_DRAM", "TACTIC_SHARED_MEMORY")
+    trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", pools, start=0)
     trt.DeviceType = enum.IntEnum("DeviceType", ("GPU", "DLA"), start=0)
     strongly = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
