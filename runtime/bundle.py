@@ -41,6 +41,16 @@ class BundleModel:
     def device(self) -> str:
         return self.runner.device
 
+    def close(self) -> None:
+        """Free the backend's session or engine, buffers and streams; idempotent."""
+        self.runner.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.manifest.classes

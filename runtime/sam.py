@@ -147,6 +147,17 @@ class SamPredictor:
     def device(self) -> str:
         return self.encoder.device
 
+    def close(self) -> None:
+        """Free both graphs' sessions or engines; idempotent."""
+        self.encoder.close()
+        self.decoder.close()
+
+    def __enter__(self) -> SamPredictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def reset_image(self) -> None:
         self._embedding: Embedding | None = None
 

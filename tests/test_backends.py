@@ -175,3 +175,16 @@ def test_io_binding_gives_the_same_outputs(model, request, photos) -> None:
         assert det2.runner._bind_device == "cpu" and det2.runner._session.get_session_options().intra_op_num_threads == 1
         r1, r2 = det(photos["coffee"]), det2(photos["coffee"])
         assert np.array_equal(r1.boxes, r2.boxes) and np.array_equal(r1.scores, r2.scores)
+
+
+def test_predictors_close_their_runners(tmp_path, photos) -> None:
+    """``with load(bundle) as seg`` frees the backend on exit; a call after that is a typed error, not a crash."""
+    from segrt.export.importer import ImportConfig, import_onnx
+    from segrt.runtime import load
+
+    import_onnx(ImportConfig(model=PPOCR, threshold=0.3), tmp_path / "b")
+    with load(tmp_path / "b", device="cpu") as seg:
+        assert seg(photos["coffee"]).label_map.shape == photos["coffee"].shape[:2]
+    with pytest.raises(InferenceError, match="closed"):
+        seg(photos["coffee"])
+    seg.close()  # idempotent

@@ -1,4 +1,4 @@
-"""The runtime must work where torch cannot be imported at all."""
+"""The runtime must work where torch, and every other export-only dependency, cannot be imported at all."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import textwrap
 
 from .conftest import PPOCR
 
-BLOCK_TORCH = textwrap.dedent(
+#: What only `segrt[export]` installs: the runtime may import none of it (onnx and onnxslim included).
+EXPORT_ONLY = ("torch", "torchvision", "segmentation_models_pytorch", "segment_anything", "onnx", "onnxslim",
+               "onnxscript", "safetensors", "skimage", "matplotlib")
+BLOCK_TORCH = f"EXPORT_ONLY = {EXPORT_ONLY!r}\n" + textwrap.dedent(
     """
     import sys
     class _NoTorch:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "torchvision", "segmentation_models_pytorch", "segment_anything"):
+            if name.split(".")[0] in EXPORT_ONLY:
                 raise ImportError(f"{name} is blocked in this test")
             return None
     sys.meta_path.insert(0, _NoTorch())
@@ -26,22 +29,28 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_block_really_blocks() -> None:
-    proc = _run("import torch")
-    assert proc.returncode != 0 and "blocked in this test" in proc.stderr
+    for name in EXPORT_ONLY:
+        proc = _run(f"import {name}")
+        assert proc.returncode != 0 and "blocked in this test" in proc.stderr, name
 
 
 def test_runtime_imports_and_segments_without_torch(tmp_path) -> None:
-    code = f"""
-    import numpy as np, skimage.data
-    import segrt.runtime as rt
+    import cv2
+    import skimage.data
+
     from segrt.export.importer import ImportConfig, import_onnx
+
+    import_onnx(ImportConfig(model=PPOCR, threshold=0.3), tmp_path / "b")  # the export side, outside the block
+    cv2.imwrite(str(tmp_path / "p.png"), skimage.data.page())
+    code = f"""
+    import cv2
+    import segrt.runtime as rt
     from segrt.runtime.cli import main
-    import_onnx(ImportConfig(model=__import__("pathlib").Path({str(PPOCR)!r}), threshold=0.3), __import__("pathlib").Path({str(tmp_path / "b")!r}))
-    res = rt.load({str(tmp_path / "b")!r}, device="auto")(skimage.data.page())
+    res = rt.load({str(tmp_path / "b")!r}, device="auto")(cv2.imread({str(tmp_path / "p.png")!r}))
     assert res.label_map.any()
-    import cv2; cv2.imwrite({str(tmp_path / "p.png")!r}, skimage.data.page())
     assert main(["run", {str(tmp_path / "b")!r}, "--input", {str(tmp_path / "p.png")!r}, "--out", {str(tmp_path / "o")!r}]) == 0
-    assert not any(m.split(".")[0] == "torch" for m in sys.modules)
+    assert main(["info", {str(tmp_path / "b")!r}]) == 0
+    assert not any(m.split(".")[0] in EXPORT_ONLY for m in sys.modules)
     print("ok")
     """
     proc = _run(code)
