@@ -187,3 +187,35 @@ def test_a_runtime_only_install_builds_what_the_graph_carries_and_says_what_to_i
         "segrt: error: making the FP16 graph TensorRT builds from needs onnx: pip install 'segrt[export]' "
         "(or build a bundle from `segrt quantize --precision fp16`)")
     assert not (bundle / "variants").exists()
+
+
+@pytest.fixture(scope="module")
+def int8_bundles(tmp_path_factory) -> dict[str, Path]:
+    """Q/DQ INT8 bundles of the small FP32 bundle from `segrt quantize`, for TensorRT and for the CPU."""
+    import cv2
+    import skimage.data as d
+    from segrt.export.quantize import QuantizeConfig, quantize_bundle
+
+    root = tmp_path_factory.mktemp("int8")
+    source, calib = fp32_bundle(root / "src"), root / "calib"
+    calib.mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        cv2.imwrite(str(calib / f"{name}.png"), getattr(d, name)()[:128, :128, ::-1])
+    out = {}
+    for target in ("tensorrt", "cpu"):
+        cfg = QuantizeConfig(precision="int8", target=target, calib=calib, samples=4, min_score=0.0)
+        quantize_bundle(source, root / target, cfg)
+        out[target] = root / target
+    return out
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_int8_builds_from_the_qdq_graph_with_no_int8_flag(version, int8_bundles, capsys) -> None:
+    bundle = int8_bundles["tensorrt"]
+    with installed(version) as trt:
+        assert main(["build", str(bundle), "--precision", "int8", *SIZES]) == 0
+        assert main(["build", str(int8_bundles["cpu"]), "--precision", "int8", *SIZES]) == 2
+    assert _names(trt.calls, "parser.parse_from_file") == [str(bundle / "model.onnx")]
+    assert _names(trt.calls, "config.set_flag") == [] and _names(trt.calls, "builder.build_serialized_network") == [True]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "INT8 for ONNX Runtime's CPU kernels" in err[0] and "--target tensorrt" in err[0]
