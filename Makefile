@@ -35,3 +35,16 @@ $(TRT_LEAN_DIR)/%/.installed: | $(STAMP)
 	rm -rf $(TRT_LEAN_DIR)/$*
 	$(BIN)/pip install -q --no-deps --target $(TRT_LEAN_DIR)/$* tensorrt-lean-cu13==$* tensorrt-lean-cu13-bindings==$* tensorrt-lean-cu13-libs==$*
 	touch $@
+
+# The prepared GPU check (docs/gpu-check.md). `make gpu-check-wheels` runs HERE (PyPI): the wheels the GPU machine
+# lacks, for Python 3.12 manylinux x86_64, cut into .whl/p1 .. .whl/p5 (each under one device call's 64 MiB).
+# `make gpu-check` runs THERE (no internet; its own python3, no venv): joins and installs the carried wheels into
+# /tmp/site, exports the seeded models and writes <date>-gpu-check-<gpu>.{json,md} into GPU_CHECK_OUT.
+# `make gpu-check GPU_CHECK_ARGS=--self-test` is its CPU-only self-test.
+GPU_CHECK_OUT ?= $(if $(OUT),$(OUT),benchmarks/results)
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check gpu-check-wheels
+gpu-check-wheels:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) benchmarks/gpu_check.py prepare --wheels .whl
+gpu-check:
+	$(PY) benchmarks/gpu_check.py run --out $(GPU_CHECK_OUT) --wheels .whl $(GPU_CHECK_ARGS)
