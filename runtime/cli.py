@@ -13,7 +13,7 @@ import sys
 
 from .errors import SegrtError
 
-COMMAND_MODULES = ("segrt.runtime.commands", "segrt.runtime.sam_cli", "segrt.runtime.stream_cli", "segrt.export.commands", "segrt.export.build_cli",
+COMMAND_MODULES = ("segrt.runtime.commands", "segrt.runtime.sam_cli", "segrt.runtime.stream_cli", "segrt.runtime.serving.commands", "segrt.export.commands", "segrt.export.build_cli",
                    "segrt.benchmarks.commands")
 
 
