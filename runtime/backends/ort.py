@@ -102,6 +102,9 @@ class OrtRunner(Runner):
     def output_specs(self) -> tuple[TensorSpec, ...]:
         return self._outputs
 
+    def _release(self) -> None:
+        self._session = None  # ONNX Runtime frees the session (and its device memory) with the last reference
+
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._bind_device is None:
             outs = self._session.run(self._output_names, dict(feeds))
