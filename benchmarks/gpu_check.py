@@ -270,11 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wheels", type=Path, default=ROOT / ".whl")
     run.add_argument("--site", type=Path, default=Path("/tmp/site"), help="where the carried wheels are installed")
     run.add_argument("--work", type=Path, default=Path("/tmp/segrt-gpu-check"), help="bundles, variants, scratch")
-    run.add_argument("--budget", type=_positive, default=420, help="seconds after setup; no step starts after this, and timing loops stop at it (default 420: the whole run stays under 8 minutes)")
+    run.add_argument("--budget", type=_positive, default=420, help="seconds from the start, setup included: no "
+                     "step starts after it and timing loops stop at it (default 420: the run stays under 8 minutes)")
     run.add_argument("--commit", default=None, help="the commit being checked (default: git, where there is one)")
     run.add_argument("--families", type=_families, default=None, help="comma-separated subset of unet,deeplabv3plus,"
                      "maskrcnn,sam (default: all)")
     run.add_argument("--self-test", action="store_true", help="CPU provider only, on the PP-OCR detector (CI)")
+    run.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: the whole check on the CPU "
+                     "provider (slow; to test the check itself where no GPU is)")
     run.add_argument("--no-native", action="store_true", help="skip building the C++ pre/post kernels")
     run.set_defaults(argv=None)
     for sp, fn in ((prep, cmd_prepare), (parts, cmd_parts), (run, cmd_run)):

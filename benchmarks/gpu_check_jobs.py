@@ -53,8 +53,9 @@ def export_all(names: tuple[str, ...], pool: ProcessPoolExecutor, families: list
         raise RuntimeError("; ".join(errors))
 
 
-def wait_fp16(fp16: dict[str, Future], deadline: float) -> dict[str, Path]:
-    done, errors = {}, []
+def wait_fp16(fp16: dict[str, Future], deadline: float, done: dict[str, Path]) -> None:
+    """Collect the FP16 variants into ``done`` as they finish (until ``deadline``); raise naming those that failed."""
+    errors = []
     for name, job in fp16.items():
         try:
             done[name] = Path(job.result(timeout=max(1.0, deadline - time.perf_counter())))
@@ -62,7 +63,6 @@ def wait_fp16(fp16: dict[str, Future], deadline: float) -> dict[str, Path]:
             errors.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
     if errors:
         raise RuntimeError("; ".join(errors))
-    return done
 
 
 def _ms(value: float | None, suffix: str = "") -> str:
@@ -77,15 +77,16 @@ def _bench_line(r: dict[str, Any]) -> str:
             f"{_ms(torch_ms)} | {_ms(r.get('speedup_vs_torch'), 'x')} |")
 
 
-def bench_cuda(families: list[Family], out: Path) -> dict[str, Any]:
+def bench_cuda(families: list[Family], out: Path, device: str = "cuda") -> dict[str, Any]:
+    """`segrt bench` as users run it on ``device`` (its PyTorch baseline runs on CUDA for cuda), into ``out``."""
     from segrt.runtime.cli import main as segrt_main
 
     bundles = [str(f.bundle) for f in families if f.task != "sam"]
-    argv = ["bench", *bundles, "--device", "cuda", "--precision", "fp32,fp16", "--iters", "10", "--warmup", "2",
-            "--json", str(out / "bench-cuda.json"), "--markdown", str(out / "bench-cuda.md")]
+    argv = ["bench", *bundles, "--device", device, "--precision", "fp32,fp16", "--iters", "10", "--warmup", "2",
+            "--json", str(out / f"bench-{device}.json"), "--markdown", str(out / f"bench-{device}.md")]
     rc = segrt_main(argv)
-    rows = json.loads((out / "bench-cuda.json").read_text())["results"] if rc == 0 else []
-    lines = ["| model | precision | backend | e2e p50 ms | PyTorch eager cuda e2e p50 ms | speedup |", "|---|---|---|---|---|---|"]
+    rows = json.loads((out / f"bench-{device}.json").read_text())["results"] if rc == 0 else []
+    lines = [f"| model | precision | backend | e2e p50 ms | PyTorch eager {device} e2e p50 ms | speedup |", "|---|---|---|---|---|---|"]
     lines += [_bench_line(r) for r in rows]
-    summary = "\n".join(lines) + "\n\n(one loop per side, as `segrt bench` times; bench-cuda.md has every column)"
-    return {"rc": rc, "argv": ["segrt", *argv], "json": "bench-cuda.json", "summary": summary}
+    summary = "\n".join(lines) + f"\n\n(one loop per side, as `segrt bench` times; bench-{device}.md has every column)"
+    return {"rc": rc, "argv": ["segrt", *argv], "json": f"bench-{device}.json", "summary": summary}

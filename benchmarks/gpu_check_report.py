@@ -177,7 +177,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {r['family']} | {r['size']} | {side} | {s['p50']:.2f} | {s['p90']:.2f} | {what} |")
         lines += [f"| {r['family']} | | {side} | | | skipped: {why} |" for side, why in r.get("skipped", {}).items()]
     bench = result["bench"]
-    lines += ["", "## `segrt bench --device cuda`", "", bench.get("summary", "not run")]
+    lines += ["", "## `segrt bench` (as users run it)", "", bench.get("summary", "not run")]
     return "\n".join(lines) + "\n"
 
 

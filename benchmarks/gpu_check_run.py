@@ -45,10 +45,11 @@ class Plan:
     count: int = 4
     threads: int | None = None
     pairs: int = 10  # I/O binding on/off rounds; CUDA graphs take twice as many
+    torch: bool = True  # time PyTorch eager (and FP16 autocast on CUDA) beside segrt
 
 
 GPU_PLAN = Plan(BUDGETS, ROUNDS)
-SELF_TEST_PLAN = Plan({k: 30 for k in BUDGETS}, {"semantic": 4}, (128, 128), 2, 2, 4)
+SELF_TEST_PLAN = Plan({k: 30 for k in BUDGETS}, {"semantic": 4}, (128, 128), 2, 2, 4, torch=False)
 
 
 class Steps:
@@ -141,16 +142,19 @@ def _timing(family: Family, variant: Path | None, device: str, steps: Steps, pla
     sides: dict[str, Callable[[int], Any]] = {k: (lambda i, m=m: run_once(m, images[i % len(images)]))
                                             for k, m in models.items()}
     skipped, base = {}, f"segrt fp32 {device}"
-    if device == "cuda":
-        for label, autocast in (("torch eager cuda", False), ("torch autocast fp16 cuda", True)):
+    if plan.torch:
+        for label, autocast in ((f"torch eager {device}", False), (f"torch autocast fp16 {device}", True)):
+            if autocast and device != "cuda":
+                skipped[label] = "FP16 autocast is the CUDA baseline"
+                continue
             try:
-                fn = TORCH_SIDES[family.task](family.bundle, autocast)
+                fn = TORCH_SIDES[family.task](family.bundle, autocast, device)
                 fn(images[0])
             except Exception as exc:  # noqa: BLE001 - a baseline that cannot run is a note, not a crash
                 skipped[label] = f"{type(exc).__name__}: {exc}"[:200]
                 continue
             sides[label] = lambda i, fn=fn: fn(images[i % len(images)])
-        base = "torch eager cuda" if "torch eager cuda" in sides else base
+        base = f"torch eager {device}" if f"torch eager {device}" in sides else base
     timing = interleaved(sides, plan.rounds[family.task], warmup=3,
                          deadline=steps.step_deadline(plan.budgets["timing"] // 4), base=base)
     size = "x".join(map(str, images[0].shape[:2])) if family.task != "sam" else "photos' own"
@@ -174,7 +178,8 @@ def each(families: list[Family], fn: Callable[[Family], Any], into: list[Any]) -
         raise RuntimeError("; ".join(errors))
 
 
-def check(device: str, families: list[Family], fp16: Callable[[], dict[str, Path]], steps: Steps, plan: Plan) -> None:
+def check(device: str, families: list[Family], fp16: Callable[[dict[str, Path]], None], steps: Steps,
+          plan: Plan) -> None:
     """The measurements, in order of value: FP32 parity, I/O binding, CUDA graphs, then (once the workers have
     made them) the FP16 variants' parity, and the interleaved timing."""
     res, threads, budgets = steps.result, plan.threads, plan.budgets
@@ -193,7 +198,8 @@ def check(device: str, families: list[Family], fp16: Callable[[], dict[str, Path
     deadline = steps.step_deadline(budgets["cuda-graphs"])
     steps.run("cuda-graphs", budgets["cuda-graphs"], lambda: each(families, lambda f: cuda_graph(
         f, f.bundle, list(_photos_for(f, plan).values()), device, 2 * plan.pairs, deadline), res["cuda_graphs"]))
-    variants = steps.run("fp16-variants", budgets["fp16-variants"], fp16) or {}
+    variants: dict[str, Path] = {}  # filled as each is made: one failure leaves the others
+    steps.run("fp16-variants", budgets["fp16-variants"], lambda: fp16(variants))
     steps.run("parity-fp16", budgets["parity-fp16"], lambda: each(
         [f for f in families if f.name in variants],
         lambda f: parity(f, variants[f.name], device, ref(f), _photos_for(f, plan), threads), res["parity"]))
@@ -202,7 +208,7 @@ def check(device: str, families: list[Family], fp16: Callable[[], dict[str, Path
         f, variants.get(f.name), device, steps, plan), res["timing"]))
 
 
-def _self_test_families(work: Path) -> tuple[list[Family], Callable[[], dict[str, Path]]]:
+def _self_test_families(work: Path) -> tuple[list[Family], Callable[[dict[str, Path]], None]]:
     """The PP-OCR detector (tests/data), imported; its FP16 variant gated on two small photos."""
     from segrt.export.importer import ImportConfig, import_onnx
     from segrt.export.quantize import QuantizeConfig, quantize_bundle
@@ -212,12 +218,12 @@ def _self_test_families(work: Path) -> tuple[list[Family], Callable[[], dict[str
     if not (bundle / "segrt.json").is_file():
         import_onnx(ImportConfig(model=ROOT / "tests" / "data" / "ppocr_v4_det.onnx", threshold=0.3), bundle, force=True)
 
-    def make() -> dict[str, Path]:
+    def make(done: dict[str, Path]) -> None:
         gate.mkdir(parents=True, exist_ok=True)
         for name, image in photos((128, 128), 2).items():
             write_image_atomic(gate / f"{name}.png", image[:, :, ::-1].copy())
         quantize_bundle(bundle, variant, QuantizeConfig("fp16", eval_images=gate, min_score=0.0), force=True)
-        return {"ppocr": variant}
+        done["ppocr"] = variant
 
     return [Family("ppocr", bundle)], make
 
@@ -232,16 +238,17 @@ def main_run(args: Any) -> int:
 
 def _main(args: Any) -> int:
     os.environ.setdefault("SEGRT_CACHE", str(args.work / "cache"))
-    device = "cpu" if args.self_test else "cuda"
-    if not args.self_test:
+    device = "cpu" if args.self_test else args.device
+    if device == "cuda":
         require_cuda()
     setup = json.loads(os.environ.get("SEGRT_GPU_CHECK_SETUP") or "{}")
-    result = report.new_result(report.environment(args.commit, setup, with_torch=not args.self_test) | {"mode": "self-test" if args.self_test else "cuda"})
-    steps = Steps(result, args.out, args.budget)
+    env = report.environment(args.commit, setup, with_torch=not args.self_test)
+    result = report.new_result(env | {"mode": "self-test" if args.self_test else device})
+    steps = Steps(result, args.out, args.budget - float(setup.get("setup_s") or 0))  # setup counts too
     if args.self_test:
         families, fp16 = _self_test_families(args.work)
         check(device, families, fp16, steps, SELF_TEST_PLAN)
-        result["bench"] = {"summary": "not run: --self-test (no CUDA)"}
+        result["bench"] = {"summary": "not run: --self-test"}
     else:
         _gpu(args, device, steps)
     failed = [r for key in ("parity", "io_binding") for r in result[key] if r["passed"] is False]
@@ -264,8 +271,8 @@ def _gpu(args: Any, device: str, steps: Steps) -> None:
         families.sort(key=lambda f: names.index(f.name))
         # made while the FP32 steps run; waited for at most this long
         deadline = min(steps.deadline, time.perf_counter() + BUDGETS["fp16-variants"] + 180)
-        check(device, families, lambda: wait_fp16(fp16_jobs, deadline), steps, GPU_PLAN)
-        steps.result["bench"] = steps.run("bench", BUDGETS["bench"], lambda: bench_cuda(families, args.out)) or {
+        check(device, families, lambda done: wait_fp16(fp16_jobs, deadline, done), steps, GPU_PLAN)
+        steps.result["bench"] = steps.run("bench", BUDGETS["bench"], lambda: bench_cuda(families, args.out, device)) or {
             "summary": "not run (see steps)"}
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
