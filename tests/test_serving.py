@@ -28,6 +28,8 @@ from segrt.runtime.serving.repository import ServeOptions, write_serve_repositor
 from segrt.runtime.serving.server import ServerConfig, TritonServer  # noqa: E402
 
 MAX_PIXELS = 400_000
+#: Servers and the SAM export: the suite's first pass runs these, the NumPy-twin pass (-m "not slow") skips them.
+pytestmark = pytest.mark.slow
 
 
 def free_ports(n: int) -> list[int]:

@@ -104,8 +104,13 @@ def test_tensorrt_plan_from_the_engine_cache(tmp_path, bundles) -> None:
     net = parse(out / "unet_net" / "config.pbtxt")
     assert net.platform == "tensorrt_plan" and not net.HasField("optimization")
     assert (out / "unet_net" / "1" / "model.plan").read_bytes() == b"not a real plan: only copied"
-    other = write_triton_repository([bundle], tmp_path / "repo2", gpu="NVIDIA A100")  # no engine for it
-    assert parse(other / "unet_net" / "config.pbtxt").backend == "onnxruntime"
+    manifest = json.loads((bundle / "segrt.json").read_text())
+    (bundle / "segrt.json").write_text(json.dumps({**manifest, "precision": "fp16"}))  # as `segrt quantize` marks it
+    other = write_triton_repository([bundle], tmp_path / "repo2", gpu="NVIDIA A100")  # no engine for that GPU
+    net = parse(other / "unet_net" / "config.pbtxt")
+    assert net.backend == "onnxruntime"
+    trt = net.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
 
 
 def run_stages(bundle: Path, request: dict) -> dict:
@@ -240,6 +245,7 @@ def ensemble_server(repo):
         yield server
 
 
+@pytest.mark.slow
 def test_the_gpu_ensembles_run_on_triton_with_cpu_stand_ins(ensemble_server, bundles, maskrcnn, photos) -> None:
     """The repository `segrt triton` writes, served by the real server with only the network models
     swapped for CPU stand-ins: the ensembles' pre/post steps and wiring answer what local segrt answers."""
