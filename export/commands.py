@@ -116,7 +116,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     cfg = QuantizeConfig(precision=args.precision, calib=args.calib, samples=args.samples, calibrator=args.calibrator,
                          exclude=tuple(args.exclude or ()), eval_images=args.eval, min_score=args.min_score,
-                         fp16_io=args.io == "fp16", target=args.target)
+                         fp16_io=args.io == "fp16", target=args.target, int8_tool=args.int8_tool)
     m = quantize_bundle(args.bundle, args.out, cfg, force=args.force)
     gate = m.quantization["gate"]
     print(f"segrt: {args.precision} variant of {args.bundle} written to {args.out}: {gate['metric']} "
@@ -168,6 +168,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--io", choices=("fp32", "fp16"), default="fp32", help="fp16: the graph's inputs/outputs too")
     p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
                    help="int8 activations: uint8 for ONNX Runtime CPU, symmetric int8 for TensorRT (same calibration)")
+    p.add_argument("--int8-tool", choices=("ort", "modelopt"), default="ort",
+                   help="int8 --target tensorrt: who places the Q/DQ, ONNX Runtime's quantizer or NVIDIA ModelOpt "
+                   "(installed separately; see docs/quantize.md)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_quantize)

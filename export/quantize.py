@@ -37,6 +37,7 @@ log = logging.getLogger("segrt")
 Target = Literal["fp16", "int8"]
 Calibrator = Literal["minmax", "entropy", "percentile"]
 Int8Target = Literal["cpu", "tensorrt"]
+Int8Tool = Literal["ort", "modelopt"]
 
 #: Default tolerances per family: semantic pixel agreement, instance/SAM mean matched mask IoU.
 DEFAULT_MIN = {"semantic": 0.98, "instance": 0.85, "sam": 0.90}
@@ -57,12 +58,20 @@ class QuantizeConfig:
     #: explicit quantization takes). Both read the same cached calibration ranges.
     target: Int8Target = "cpu"
     extra_keep: tuple[str, ...] = field(default=())  # more op types kept in FP32 by FP16
+    #: Who places the Q/DQ: ONNX Runtime's quantizer (default), or NVIDIA ModelOpt (TensorRT's form only;
+    #: installed separately, see quant_modelopt). Compared in docs/quantize.md.
+    int8_tool: Int8Tool = "ort"
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp16", "int8"):
             raise InvalidInputError(f"--precision must be fp16 or int8; got {self.precision!r}")
         if self.target not in ("cpu", "tensorrt"):
             raise InvalidInputError(f"--target must be cpu or tensorrt; got {self.target!r}")
+        if self.int8_tool not in ("ort", "modelopt"):
+            raise InvalidInputError(f"--int8-tool must be ort or modelopt; got {self.int8_tool!r}")
+        if self.int8_tool == "modelopt" and (self.precision, self.target) != ("int8", "tensorrt"):
+            raise InvalidInputError("--int8-tool modelopt writes TensorRT's INT8 form: use it with --precision int8 "
+                                    "--target tensorrt")
         if self.calibrator not in ("minmax", "entropy", "percentile"):
             raise InvalidInputError(f"--calibrator must be minmax, entropy or percentile; got {self.calibrator!r}")
         if self.samples < 1:
@@ -230,13 +239,34 @@ def to_int8(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest
                                                                        else "asymmetric uint8 activations (ONNX Runtime CPU)")}
 
 
+def _int8_modelopt(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest) -> dict[str, Any]:
+    """ModelOpt gets the graph the ORT tool quantizes (``_pre_process``: BatchNorm folded, Constant weights made
+    initializers, opset 13+) and the same family defaults, so the two differ only in placement and calibration."""
+    import onnx
+
+    from .quant_modelopt import check_available, to_int8_modelopt
+
+    check_available()
+    prepared = _pre_process(src, dst.with_name(f".{dst.name}.pre.onnx"))
+    try:
+        family = _int8_family_defaults(m.task, onnx.load(str(prepared), load_external_data=False))
+        return to_int8_modelopt(prepared, dst, cfg, bundle, m, family)
+    finally:
+        if prepared != src:
+            prepared.unlink(missing_ok=True)
+
+
 def _int8(bundle: Path, tmp: Path, cfg: QuantizeConfig, m: Manifest) -> dict[str, Any]:
     """INT8 of the model file, quantized from its plain-FP32 form (normalised first if it was mixed precision)."""
     src, dst = bundle / m.model_file, tmp / m.model_file
     plain, normalized = normalized_copy(src, dst.with_name(f".{dst.name}.fp32.onnx"))
     try:
-        facts = (to_int8_dynamic(plain, dst, cfg) if m.task == "sam" and cfg.target == "cpu"
-                 else to_int8(plain, dst, cfg, bundle, m))
+        if cfg.int8_tool == "modelopt":
+            facts = _int8_modelopt(plain, dst, cfg, bundle, m)
+        elif m.task == "sam" and cfg.target == "cpu":
+            facts = {"tool": "ort", **to_int8_dynamic(plain, dst, cfg)}
+        else:
+            facts = {"tool": "ort", **to_int8(plain, dst, cfg, bundle, m)}
     finally:
         if plain != src:
             plain.unlink(missing_ok=True)
