@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = "gpu-check-wheels.json"
 #: One device call carries 64 MiB, the working tree (~7 MB) included: parts stay under this many bytes.
 PART_BYTES = 52_000_000
+CARRY_LIMIT = 64 * 2**20
 #: What the GPU machine (KINDS.md, nvidia-h200: Python 3.12, torch 2.11, torchvision, onnx, onnxscript,
 #: scikit-image, timm present) lacks for export and the CUDA provider. Pure-Python wheels except the first.
 WHEELS = ("onnxruntime-gpu==1.31.1", "segmentation-models-pytorch==0.6.0", "segment-anything==1.0",
@@ -68,6 +70,9 @@ def split_wheels(src: Path, dest: Path, part_bytes: int = PART_BYTES) -> dict:
     wheels = sorted(src.glob("*.whl"))
     if not wheels:
         raise CheckError(f"no wheels in {src}; run `python3 benchmarks/gpu_check.py prepare` first")
+    for stale in dest.glob("p[0-9]*"):  # a previous cut with another part count
+        if stale.is_dir():
+            shutil.rmtree(stale)
     entries, chunks = [], []
     for whl in wheels:
         size = whl.stat().st_size
@@ -114,11 +119,25 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     manifest = split_wheels(download, args.wheels, args.part_bytes)
     for entry in manifest["wheels"]:
         print(f"{entry['file']}: {entry['size'] / 1e6:.1f} MB" + (f" in {len(entry['parts'])} parts" if entry["parts"] else ""))
+    tree = tree_bytes()
     for k, folder in enumerate(manifest["folders"], 1):
         size = sum(f.stat().st_size for f in (args.wheels / folder).iterdir())
         what = "then the check" if k == len(manifest["folders"]) else "nothing else"
-        print(f"device call {k}: carry [\".whl/{folder}\"] ({size / 1e6:.1f} MB), {what}")
+        over = " OVER the limit: re-run with a smaller --part-bytes" if size + tree > CARRY_LIMIT else ""
+        print(f"device call {k}: carry [\".whl/{folder}\"] ({size / 1e6:.1f} MB + the tree's {tree / 1e6:.1f} MB of "
+              f"{CARRY_LIMIT / 1e6:.1f} MB), {what}{over}")
     return 0
+
+
+def tree_bytes() -> int:
+    """What travels with every call besides the carried folder: tracked and untracked-not-ignored files."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    files = {ROOT / name.decode() for name in out.split(b"\0") if name}
+    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 # -- parts / install (there) ------------------------------------------------------------------------------
@@ -198,18 +217,19 @@ def segrt_shim(home: Path) -> Path:
     return home
 
 
-def build_native() -> subprocess.Popen | None:
-    """Compile cpp_ext/native.cpp for this interpreter in the background (g++), beside runtime/. None: no g++."""
+def build_native() -> tuple[subprocess.Popen | None, str]:
+    """Start compiling cpp_ext/native.cpp for this interpreter (g++, pyproject's flags) beside runtime/, in the
+    background; or say why not (then the runtime uses the NumPy twin)."""
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     out = ROOT / "runtime" / f"_native{suffix}"
     if out.is_file():
-        return None
+        return None, f"already built ({out.name})"
     cmd = ["g++", "-O3", "-std=c++17", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-pthread",
            f"-I{sysconfig.get_paths()['include']}", str(ROOT / "cpp_ext" / "native.cpp"), "-o", str(out)]
     try:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    except OSError:
-        return None
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), "building"
+    except OSError as exc:
+        return None, f"not built: g++ {exc.strerror or exc}; the NumPy twin is used"
 
 
 def _importable(module: str) -> bool:
@@ -233,13 +253,12 @@ def _stage_one(args: argparse.Namespace) -> int:
     """Install what was carried, make segrt importable, then re-execute with that on PYTHONPATH."""
     t0 = time.perf_counter()
     paths, installed = [], []
-    native = None if args.self_test or args.no_native else build_native()
+    native, status = (None, "not built (--self-test / --no-native)") if args.self_test or args.no_native else build_native()
     if not args.self_test and args.wheels.is_dir() and any(args.wheels.glob("p*")):
         installed = install_carried(args.wheels, args.site, args.work / "wheels")
         paths.append(str(args.site))
     if not _importable("segrt.runtime"):
         paths.append(str(segrt_shim(args.work / "src")))
-    status = "not built (--no-native or already there)"
     if native is not None:
         try:
             rc = native.wait(timeout=120)

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from segrt.runtime.errors import BackendUnavailableError, SegrtError
+from segrt.runtime.errors import SegrtError
 
 from . import gpu_check_report as report
 from .gpu_check_jobs import bench_cuda, export_all, wait_fp16
-from .gpu_check_steps import Family, cuda_graph, io_binding, open_model, parity, reference, run_once
+from .gpu_check_steps import Family, cuda_graph, io_binding, open_model, parity, reference, require_cuda, run_once
 from .gpu_check_timing import TORCH_SIDES, interleaved
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,30 +87,6 @@ class Steps:
 
     def save(self) -> None:
         report.write(self.result, self.out)
-
-
-def require_cuda() -> None:
-    """Stop with one line where the CUDA provider or PyTorch's CUDA is missing (this is not a GPU machine)."""
-    import onnxruntime as ort
-
-    providers = ort.get_available_providers()
-    fix = "run it on an NVIDIA machine with the carried onnxruntime-gpu wheels (docs/gpu-check.md), or pass --self-test"
-    if "CUDAExecutionProvider" not in providers:
-        raise BackendUnavailableError(f"no CUDA here: onnxruntime {ort.__version__} from {Path(ort.__file__).parent} "
-                                      f"has only {providers}; {fix}")
-    try:
-        import torch  # loads the CUDA and cuDNN libraries onnxruntime-gpu needs (from the nvidia-* wheels)
-
-        torch_cuda = torch.cuda.is_available()
-    except ImportError:
-        torch_cuda = False
-    if not torch_cuda:
-        raise BackendUnavailableError(f"no CUDA here: PyTorch is missing or sees no CUDA device; {fix}")
-    if hasattr(ort, "preload_dlls"):
-        try:
-            ort.preload_dlls()
-        except Exception:  # older layouts: the torch import above already loaded them  # noqa: BLE001
-            pass
 
 
 def photos(size: tuple[int, int] | None = None, count: int = 4) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ import numpy as np
 from segrt.export import quant_gate
 from segrt.export.quantize import DEFAULT_MIN
 from segrt.runtime.backends import RunnerOptions
+from segrt.runtime.errors import BackendUnavailableError
 from segrt.runtime.loader import load
 from segrt.runtime.manifest import read_manifest
 
@@ -32,6 +33,56 @@ SCORERS: dict[str, tuple[Callable[..., dict[str, float]], str, float]] = {
 BINDING_MIN = {"semantic": 0.999, "instance": 0.99, "sam": 0.99}
 
 
+# -- before anything: is there a working CUDA provider? -------------------------------------------------
+def require_cuda() -> None:
+    """Stop with one line where the CUDA provider or PyTorch's CUDA is missing (this is not a GPU machine)."""
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    fix = "run it on an NVIDIA machine with the carried onnxruntime-gpu wheels (docs/gpu-check.md), or pass --self-test"
+    if "CUDAExecutionProvider" not in providers:
+        raise BackendUnavailableError(f"no CUDA here: onnxruntime {ort.__version__} from {Path(ort.__file__).parent} "
+                                      f"has only {providers}; {fix}")
+    try:
+        import torch  # loads the CUDA and cuDNN libraries onnxruntime-gpu needs (from the nvidia-* wheels)
+
+        torch_cuda = torch.cuda.is_available()
+    except ImportError:
+        torch_cuda = False
+    if not torch_cuda:
+        raise BackendUnavailableError(f"no CUDA here: PyTorch is missing or sees no CUDA device; {fix}")
+    error = preflight("CUDAExecutionProvider")
+    if error:
+        raise BackendUnavailableError(f"onnxruntime's CUDA provider does not run here: {error} (onnxruntime's own "
+                                      "reason is logged above)")
+
+
+def preflight(provider: str) -> str | None:
+    """One 1x1 convolution (cuDNN on CUDA) through ``provider`` against NumPy: None, or what went wrong. Seconds,
+    where a provider whose libraries do not load would otherwise fail every step after minutes of exports."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w, x = rng.standard_normal((4, 3, 1, 1)).astype(np.float32), rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "preflight",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = min(model.ir_version, 10)
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), providers=[provider])
+        if sess.get_providers()[0] != provider:
+            return f"the session fell back to {sess.get_providers()}"
+        y = sess.run(None, {"x": x})[0]
+    except Exception as exc:  # noqa: BLE001 - ORT's untyped pybind errors are the answer
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:300]
+    diff = float(np.max(np.abs(y - np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x))))
+    return None if diff < 1e-3 else f"a 1x1 convolution differs from NumPy by {diff:.3g}"
+
+
+# -- the measurements -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Family:
     name: str  # unet, deeplabv3plus, maskrcnn, sam (or ppocr in the self-test)

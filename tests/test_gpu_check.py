@@ -61,7 +61,9 @@ def test_carried_wheel_is_split_joined_verified_and_installed(tmp_path) -> None:
     src = tmp_path / "download"
     src.mkdir()
     _tiny_wheel(src, 300_000)
+    (tmp_path / "whl" / "p7").mkdir(parents=True)  # left by an earlier cut into more parts
     manifest = gpu_check.split_wheels(src, tmp_path / "whl", part_bytes=120_000)
+    assert not (tmp_path / "whl" / "p7").exists()
     parts = manifest["wheels"][0]["parts"]
     assert [p["file"].split("/")[0] for p in parts] == ["p1", "p2", "p3"] == manifest["folders"]
     assert max(p["size"] for p in parts) <= 120_000
@@ -188,3 +190,13 @@ def np_equal(x: dict, y: dict) -> bool:
     import numpy as np
 
     return all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_the_provider_preflight_runs_a_real_convolution() -> None:
+    from segrt.benchmarks.gpu_check_steps import preflight
+
+    assert preflight("CPUExecutionProvider") is None
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "fell back" in preflight("CUDAExecutionProvider")
