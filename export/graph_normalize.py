@@ -88,7 +88,7 @@ def has_float16(model: Any) -> bool:
     for graph in _graphs(model.graph):
         if any(t.data_type == fp16 for t in graph.initializer):
             return True
-        if any(v.type.tensor_type.elem_type == fp16 for v in list(graph.value_info) + list(graph.input)):
+        if any(v.type.tensor_type.elem_type == fp16 for v in [*graph.value_info, *graph.input, *graph.output]):
             return True
         for node in graph.node:
             for attr in node.attribute:
@@ -107,12 +107,16 @@ def _widen_tensor(tensor: Any) -> None:
 
 
 def _widen(model: Any) -> int:
-    """Every float16 weight, Constant value and dtype attribute of every (sub)graph made FP32; how many."""
+    """Every float16 weight, Constant value and dtype attribute of every (sub)graph, and the float16 inputs and
+    outputs of subgraphs (Loop/Scan bodies), made FP32; how many."""
     from onnx import TensorProto
 
     fp16, count = TensorProto.FLOAT16, 0
     for graph in _graphs(model.graph):
         del graph.value_info[:]  # re-inferred below; stale float16 annotations would contradict the graph
+        for v in [*graph.input, *graph.output] if graph is not model.graph else []:
+            if v.type.tensor_type.elem_type == fp16:
+                v.type.tensor_type.elem_type = TensorProto.FLOAT
         for tensor in graph.initializer:
             if tensor.data_type == fp16:
                 _widen_tensor(tensor)

@@ -151,3 +151,30 @@ def test_a_converter_failure_is_one_typed_line(mixed) -> None:
     _, path, _ = mixed
     with pytest.raises(ExportError, match=r"^FP16 conversion failed \(ValidationError: .*SSA[^\n]*$"):
         convert(onnx.load(str(path)), QuantizeConfig("fp16"), [], [])
+
+
+def test_branches_reading_float16_values_are_widened_too() -> None:
+    """An If whose branches compute in FP16 on a value cast outside them (what converters leave around
+    torchvision's NMS branches): after normalisation no float16 is left anywhere and ONNX Runtime computes
+    the same values."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    branch = {k: helper.make_graph([helper.make_node(op, ["x16", "half"], [f"{k}_out"])], k, [],
+                                   [helper.make_tensor_value_info(f"{k}_out", TensorProto.FLOAT16, [1, 4])],
+                                   [numpy_helper.from_array(np.full((1, 4), 0.5, np.float16), "half")])
+              for k, op in (("then", "Mul"), ("else_", "Sub"))}
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16),
+         helper.make_node("If", ["flag"], ["y16"], then_branch=branch["then"], else_branch=branch["else_"]),
+         helper.make_node("Cast", ["y16"], ["y"], to=TensorProto.FLOAT)],
+        "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                  helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": np.array([[1.0, 2.0, 3.0, 4.0]], np.float32), "flag": np.array(f)} for f in (True, False)]
+    before = [ort.InferenceSession(model.SerializeToString()).run(None, f)[0] for f in feeds]
+    normalize_to_fp32(model)
+    assert not has_float16(model) and not [n for n in model.graph.node if n.op_type == "Cast"]
+    after = [ort.InferenceSession(model.SerializeToString()).run(None, f)[0] for f in feeds]
+    np.testing.assert_array_equal(after[0], before[0])  # 0.5, 1, 1.5, 2: exact in both precisions
+    np.testing.assert_array_equal(after[1], before[1])
