@@ -216,7 +216,7 @@ def test_server_killed_mid_request_gives_the_client_an_error(tmp_path, bundles, 
     srv.start()
     srv.wait_ready()
     pgid, workspace = srv.process.pid, srv.workspace
-    big = np.ascontiguousarray(np.tile(photos["astronaut"], (2, 2, 1)))  # 1024x1024: a second or more here
+    big = np.ascontiguousarray(np.tile(photos["astronaut"], (3, 3, 1)))  # 1536x1536: seconds here
     outcome: dict = {}
 
     def call() -> None:
