@@ -212,6 +212,27 @@ def normalize_to_fp32(model: Any) -> dict[str, Any] | None:
     return {"float16_tensors_widened": widened, "fp32_round_trip_casts_dropped": dropped}
 
 
+def constants_to_initializers(model: Any) -> int:
+    """Top-level Constant nodes holding a tensor made initializers of the same name, in place; how many. ONNX
+    Runtime 1.32's pre-processing does this, 1.24's (what ModelOpt pins) does not, and ModelOpt stores int8
+    weights behind a DequantizeLinear only when they are initializers (else FP32 Constant -> Q -> DQ)."""
+    from onnx import TensorProto
+
+    kept, moved = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            tensor = TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+            moved += 1
+        else:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return moved
+
+
 def normalized_copy(src: Path, tmp: Path) -> tuple[Path, dict[str, Any] | None]:
     """``src`` itself when it is plain FP32; otherwise its normalised copy written at ``tmp``."""
     import onnx

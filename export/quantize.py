@@ -30,7 +30,7 @@ from segrt.runtime.manifest import Manifest, read_manifest, write_manifest
 
 from .bundle import atomic_dir
 from .fp16 import attention_products, instance_heads, to_fp16
-from .graph_normalize import normalized_copy
+from .graph_normalize import constants_to_initializers, normalized_copy
 from .quant_gate import accuracy_gate, calibration_feeds, load_images
 
 log = logging.getLogger("segrt")
@@ -240,20 +240,26 @@ def to_int8(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest
 
 
 def _int8_modelopt(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest) -> dict[str, Any]:
-    """ModelOpt gets the graph the ORT tool quantizes (``_pre_process``: BatchNorm folded, Constant weights made
-    initializers, opset 13+) and the same family defaults, so the two differ only in placement and calibration."""
+    """ModelOpt gets the graph the ORT tool quantizes (``_pre_process``: BatchNorm folded, opset 13+; Constant
+    weights made initializers) and the same family defaults, so the two differ only in placement and calibration."""
     import onnx
 
+    from .onnx_io import save_onnx
     from .quant_modelopt import check_available, to_int8_modelopt
 
     check_available()
     prepared = _pre_process(src, dst.with_name(f".{dst.name}.pre.onnx"))
+    staged = dst.with_name(f".{dst.name}.modelopt-in.onnx")
     try:
-        family = _int8_family_defaults(m.task, onnx.load(str(prepared), load_external_data=False))
-        return to_int8_modelopt(prepared, dst, cfg, bundle, m, family)
+        model = onnx.load(str(prepared))
+        constants_to_initializers(model)
+        save_onnx(model, staged)
+        family = _int8_family_defaults(m.task, model)
+        return to_int8_modelopt(staged, dst, cfg, bundle, m, family)
     finally:
-        if prepared != src:
-            prepared.unlink(missing_ok=True)
+        for path in {prepared, staged} - {src}:
+            path.unlink(missing_ok=True)
+            path.with_name(f"{path.name}.data").unlink(missing_ok=True)
 
 
 def _int8(bundle: Path, tmp: Path, cfg: QuantizeConfig, m: Manifest) -> dict[str, Any]:

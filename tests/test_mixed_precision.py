@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from segrt.export.graph_normalize import has_float16, normalize_to_fp32
+from segrt.export.graph_normalize import constants_to_initializers, has_float16, normalize_to_fp32
 from segrt.export.importer import ImportConfig, import_onnx
 from segrt.export.quantize import QuantizeConfig, quantize_bundle
 from segrt.runtime import load
@@ -178,3 +178,13 @@ def test_branches_reading_float16_values_are_widened_too() -> None:
     after = [ort.InferenceSession(model.SerializeToString()).run(None, f)[0] for f in feeds]
     np.testing.assert_array_equal(after[0], before[0])  # 0.5, 1, 1.5, 2: exact in both precisions
     np.testing.assert_array_equal(after[1], before[1])
+
+
+def test_constant_weights_become_initializers() -> None:
+    """PP-OCR stores its 342 weights as Constant nodes; made initializers, the graph computes the same."""
+    model = onnx.load(str(PPOCR))
+    x = _page_feed()
+    before = _run(model, x)
+    assert constants_to_initializers(model) == 342 and not [n for n in model.graph.node if n.op_type == "Constant"]
+    onnx.checker.check_model(model)
+    np.testing.assert_array_equal(_run(model, x), before)
