@@ -72,6 +72,8 @@ class QuantizeConfig:
         if self.int8_tool == "modelopt" and (self.precision, self.target) != ("int8", "tensorrt"):
             raise InvalidInputError("--int8-tool modelopt writes TensorRT's INT8 form: use it with --precision int8 "
                                     "--target tensorrt")
+        if self.int8_tool == "modelopt" and self.calibrator == "percentile":
+            raise InvalidInputError("--int8-tool modelopt calibrates with minmax or entropy; got 'percentile'")
         if self.calibrator not in ("minmax", "entropy", "percentile"):
             raise InvalidInputError(f"--calibrator must be minmax, entropy or percentile; got {self.calibrator!r}")
         if self.samples < 1:

@@ -44,6 +44,7 @@ def ocr(tmp_path_factory, photos):
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"precision": "int8", "target": "cpu"}, "use it with --precision int8 --target tensorrt"),
     ({"precision": "fp16"}, "use it with --precision int8 --target tensorrt"),
+    ({"precision": "int8", "target": "tensorrt", "calibrator": "percentile"}, "calibrates with minmax or entropy"),
 ])
 def test_modelopt_is_for_tensorrt_int8_only(kwargs, message) -> None:
     with pytest.raises(InvalidInputError, match=message):
