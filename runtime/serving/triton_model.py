@@ -35,7 +35,10 @@ _quiet_capsule_deleter()
 
 def _tensor(name: str, array: np.ndarray):
     """Through DLPack: 2.51's stub built ``pb_utils.Tensor(name, array)`` empty under NumPy 2."""
-    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array).__dlpack__())
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # DLPack cannot export read-only arrays (np.frombuffer's)
+        array = array.copy()
+    return pb_utils.Tensor.from_dlpack(name, array.__dlpack__())
 
 
 class TritonPythonModel:
