@@ -159,7 +159,9 @@ def test_maskrcnn_fp16_backbone_and_gated_int8(maskrcnn, tmp_path) -> None:
     assert weight["backbone"] == onnx.TensorProto.FLOAT16 and weight["rpn"] == onnx.TensorProto.FLOAT
     i8 = quantize_bundle(maskrcnn.bundle, tmp_path / "int8", QuantizeConfig("int8", calib=calib, samples=8,
                                                                                eval_images=val, min_score=0.0))
-    assert 0.0 < i8.quantization["gate"]["score"] <= 1.0
+    # Not gated at the bundle's 0.85 (the quick fixture has 0-5 instances a scene and scores lower than the full
+    # one's 0.876), but bounded: a quantizer that broke the backbone (wrong scales, dropped DQ) matches no mask.
+    assert 0.55 <= i8.quantization["gate"]["score"] <= 1.0
     q = i8.quantization["graphs"]["model.onnx"]
     assert "outside /backbone/" in q["excluded_nodes"][-1] and q["op_types_quantized"] == ["Conv"]
     model = onnx.load(str(tmp_path / "int8" / "model.onnx"))
