@@ -23,6 +23,7 @@ if importlib.util.find_spec("pytriton") is None:  # its binary only: importing i
 th = pytest.importorskip("tritonclient.http")
 tg = pytest.importorskip("tritonclient.grpc")
 
+from segrt.benchmarks.bench_serving import free_ports  # noqa: E402
 from segrt.runtime import load  # noqa: E402
 from segrt.runtime.serving.repository import ServeOptions, write_serve_repository  # noqa: E402
 from segrt.runtime.serving.server import ServerConfig, TritonServer  # noqa: E402
@@ -30,16 +31,6 @@ from segrt.runtime.serving.server import ServerConfig, TritonServer  # noqa: E40
 MAX_PIXELS = 400_000
 #: Servers and the SAM export: the suite's first pass runs these, the NumPy-twin pass (-m "not slow") skips them.
 pytestmark = pytest.mark.slow
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def port_free(port: int) -> bool:
