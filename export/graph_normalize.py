@@ -136,7 +136,8 @@ def _elem_types(model: Any) -> dict[str, int]:
     """Element type of every top-level tensor ONNX shape inference can type."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
+    # past 2 GB shape inference cannot take the model in memory: the types the graph declares then
+    inferred = onnx.shape_inference.infer_shapes(model) if model.ByteSize() < PROTO_LIMIT else model
     g = inferred.graph
     types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
     types.update({t.name: t.data_type for t in g.initializer})
@@ -176,13 +177,14 @@ def _drop_float_casts(model: Any, types: dict[str, int]) -> int:
     inner = {n.output[0]: n.input[0] for n in casts if n.output[0] not in outputs}
     _rename(graph, inner)
     onto: dict[str, str] = {}
+    gone = {id(n) for n in casts if n.output[0] in inner}
     for node in (n for n in casts if n.output[0] in outputs):
-        if node.input[0] in fixed or node.input[0] in onto:
+        if node.input[0] in fixed or node.input[0] in onto:  # a second output of the same tensor: an Identity
             node.op_type = "Identity"
             del node.attribute[:]
         else:
             onto[node.input[0]] = node.output[0]
-    gone = {id(n) for n in casts if n.output[0] in inner or n.input[0] in onto}
+            gone.add(id(node))
     kept = [n for n in graph.node if id(n) not in gone]
     del graph.node[:]
     graph.node.extend(kept)

@@ -27,11 +27,12 @@ import logging
 import math
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import BackendUnavailableError, InvalidInputError, ModelFormatError
+from .gpu import GpuIdentity, gpu_identity  # noqa: F401  (re-exported: callers use engine.gpu_identity)
 from .manifest import replace_dir
 from .onnx_files import model_digest
 
@@ -235,43 +236,6 @@ def stored_engines(bundle: Path, model_file: str) -> list[tuple[EngineKey, Path]
         if key.model_file == model_file:
             out.append((key, key_file.parent / PLAN))
     return out
-
-
-@dataclass(frozen=True)
-class GpuIdentity:
-    name: str
-    compute_capability: str
-    free_bytes: int = field(compare=False, default=0)
-
-
-def gpu_identity(device_id: int = 0) -> GpuIdentity:
-    """Name, compute capability and free memory of a CUDA device, through cuda-python (or pycuda)."""
-    try:
-        try:
-            from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 layout
-        except ImportError:
-            from cuda import cudart  # type: ignore[no-redef]
-    except ImportError:
-        try:
-            import pycuda.driver as drv  # Jetson images often carry pycuda instead
-
-            drv.init()
-            dev = drv.Device(device_id)
-            ctx = dev.make_context()
-            try:
-                free, _ = drv.mem_get_info()
-            finally:
-                ctx.pop()
-            major, minor = dev.compute_capability()
-            return GpuIdentity(dev.name(), f"{major}.{minor}", int(free))
-        except ImportError:
-            raise BackendUnavailableError("neither cuda-python nor pycuda is installed: pip install 'segrt[tensorrt]'") from None
-    err, prop = cudart.cudaGetDeviceProperties(device_id)
-    if int(err) != 0:
-        raise BackendUnavailableError(f"no CUDA device {device_id} (cudaGetDeviceProperties error {int(err)})")
-    err, free, _total = cudart.cudaMemGetInfo()
-    name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
-    return GpuIdentity(name, f"{prop.major}.{prop.minor}", int(free))
 
 
 def workspace_bytes(opts: BuildOptions, free_bytes: int) -> int:

@@ -23,8 +23,9 @@ class BackendUnavailableError(SegrtError):
     """The requested device or backend cannot run on this machine."""
 
 
-class EngineMismatchError(SegrtError):
-    """A serialized engine does not match this model, precision, TensorRT version or GPU."""
+class EngineMismatchError(BackendUnavailableError):
+    """A serialized engine does not match this model, precision, TensorRT version or GPU, or does not deserialize.
+    A reason to fall back (``device="auto"`` goes on to ONNX Runtime, saying why), hence the subclass."""
 
 
 class ExportError(SegrtError):

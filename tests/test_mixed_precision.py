@@ -180,6 +180,29 @@ def test_branches_reading_float16_values_are_widened_too() -> None:
     np.testing.assert_array_equal(after[1], before[1])
 
 
+def test_two_outputs_cast_from_one_tensor_both_keep_a_producer() -> None:
+    """Two graph outputs that are FP32 casts of one FP16 tensor (a converter's keep_io_types on a model
+    returning one tensor twice): the first takes over the producer, the second becomes an Identity of it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.array([[0.5, 2.0, -1.0, 4.0]], np.float16), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16),
+         helper.make_node("Mul", ["x16", "w"], ["y16"]),
+         helper.make_node("Cast", ["y16"], ["a"], to=TensorProto.FLOAT),
+         helper.make_node("Cast", ["y16"], ["b"], to=TensorProto.FLOAT)],
+        "twice", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("a", "b")], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = {"x": np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)}
+    before = ort.InferenceSession(model.SerializeToString()).run(None, x)
+    normalize_to_fp32(model)
+    assert not has_float16(model) and [n.op_type for n in model.graph.node] == ["Mul", "Identity"]
+    after = ort.InferenceSession(model.SerializeToString()).run(None, x)
+    for got, want in zip(after, before):
+        np.testing.assert_array_equal(got, want)  # exact: the products are exact in both precisions
+
+
 def test_constant_weights_become_initializers() -> None:
     """PP-OCR stores its 342 weights as Constant nodes; made initializers, the graph computes the same."""
     model = onnx.load(str(PPOCR))

@@ -97,9 +97,17 @@ def test_tensorrt_plan_from_the_engine_cache(tmp_path, bundles) -> None:
 
     bundle = tmp_path / "unet"
     shutil.copytree(bundles["unet"], bundle)
-    key = EngineKey("model.onnx", "0" * 64, "fp16", (Profile("image", (1, 3, 64, 64), (1, 3, 256, 256),
-                                                             (4, 3, 512, 512)),), "10.9.0", "NVIDIA L4", "8.9")
-    store_engine(bundle, key, b"not a real plan: only copied")
+    from segrt.runtime.onnx_files import model_digest
+
+    def key(digest: str, max_batch: int) -> EngineKey:
+        return EngineKey("model.onnx", digest, "fp16", (Profile("image", (1, 3, 64, 64), (1, 3, 256, 256),
+                                                                (max_batch, 3, 512, 512)),), "10.9.0", "NVIDIA L4", "8.9")
+
+    store_engine(bundle, key("0" * 64, 8), b"built from another export")  # stale: never served
+    store_engine(bundle, key(model_digest(bundle / "model.onnx"), 4), b"takes 4 images, the repository batches 8")
+    stale = write_triton_repository([bundle], tmp_path / "stale", gpu="NVIDIA L4")
+    assert parse(stale / "unet_net" / "config.pbtxt").backend == "onnxruntime"
+    store_engine(bundle, key(model_digest(bundle / "model.onnx"), 8), b"not a real plan: only copied")
     out = write_triton_repository([bundle], tmp_path / "repo", gpu="NVIDIA L4")
     net = parse(out / "unet_net" / "config.pbtxt")
     assert net.platform == "tensorrt_plan" and not net.HasField("optimization")

@@ -267,6 +267,19 @@ def test_cuda_graph_is_captured_per_shape_replayed_and_freed(lean_trt) -> None:
     assert cuda.calls.count("graph_destroy") == 2
 
 
+def test_a_failed_capture_is_destroyed_never_replayed(lean_trt) -> None:
+    runner, cuda = _runner(lean_trt)
+    runner._use_graph = True
+    runs = iter([True, False, True, True])  # plain run, failed capture, plain run again, capture
+    runner._ctx.execute_async_v3 = lambda stream: next(runs)
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    with pytest.raises(InferenceError, match="captured into a CUDA graph"):
+        runner.infer({"x": x})
+    assert runner._graph is None and cuda.calls.count("graph_destroy") == 1
+    runner.infer({"x": x})  # the same shapes: captured anew, not the failed graph replayed
+    assert "graph_launch" not in cuda.calls and cuda.calls.count("capture") == 2
+
+
 @pytest.mark.parametrize("fail", ["set_input_shape", "set_tensor_address", "execute_async_v3"])
 def test_a_failed_tensorrt_call_after_start_up_is_an_inference_error(lean_trt, fail: str) -> None:
     runner, _ = _runner(lean_trt, fail=fail)

@@ -241,9 +241,10 @@ class TrtRunner(Runner):
             cuda.synchronize(stream)
             self._drop_graph()
             graph, ok = cuda.capture(stream, lambda: self._ctx.execute_async_v3(stream))
-            self._graph = (key, graph)
-            if not ok:
+            if not ok:  # never keep a graph whose capture failed: replaying it would return stale outputs
+                cuda.graph_destroy(graph)
                 raise InferenceError("TensorRT could not be captured into a CUDA graph; run without cuda_graph")
+            self._graph = (key, graph)
 
     def _fetch(self, bound: list[tuple[str, tuple[int, ...], int]]) -> dict[str, np.ndarray]:
         cuda, stream, sizes = self._cuda, self._stream, {}

@@ -61,7 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
-        server.wait_ready(args.ready_timeout)
+        if not server.wait_ready(args.ready_timeout, stop):  # Ctrl-C or SIGTERM while the models load
+            return 0
         print(f"segrt: serving {', '.join(names)} at {config.url} (gRPC {config.grpc_url}); "
               f"ready at {config.url}/v2/health/ready; Ctrl-C or SIGTERM stops", flush=True)
         while not stop.wait(0.5):

@@ -10,6 +10,7 @@ returns the request contract of :mod:`~segrt.runtime.serving.contract`. Written,
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 from ..manifest import MANIFEST_NAME, Manifest, read_manifest
+from ..onnx_files import model_files
 from .contract import Tensor, contract_for
 from .pbtxt import parameters, render
 from .repository import Enum, ServeOptions, atomic_dir, batching, io_config, model_names
 
+log = logging.getLogger("segrt")
 STAGE_PY = "from segrt.runtime.serving.stage_model import TritonPythonModel  # noqa: F401\n"
 ONNX_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(int64)": "TYPE_INT64",
               "tensor(int32)": "TYPE_INT32", "tensor(uint8)": "TYPE_UINT8", "tensor(bool)": "TYPE_BOOL"}
@@ -63,14 +66,23 @@ def config_dims(net: Net, batched: bool) -> Net:
     return Net(net.name, net.onnx, strip(net.inputs), strip(net.outputs))
 
 
-def _engine(bundle: Path, model_file: str, gpu: str | None) -> Path | None:
-    """The cached TensorRT plan built from ``model_file`` for GPU ``gpu`` (``segrt build`` on it)."""
+def _engine(bundle: Path, model_file: str, gpu: str | None, batch: int) -> Path | None:
+    """The cached TensorRT plan built from this very ``model_file`` (its bytes and external data) for GPU ``gpu``
+    (``segrt build`` on it), on the GPU rather than a DLA, whose profiles take ``batch`` images; else None (the
+    ONNX model is served)."""
     if gpu is None:
         return None
     from ..engine import stored_engines
+    from ..onnx_files import model_digest
 
-    found = [plan for key, plan in stored_engines(bundle, model_file) if key.gpu == gpu]
-    return found[0] if found else None
+    digest = model_digest(bundle / model_file)
+    for key, plan in stored_engines(bundle, model_file):
+        if key.gpu == gpu and key.model_sha256 == digest and key.dla_core is None \
+                and all(p.max[0] >= max(batch, 1) for p in key.profiles):
+            return plan
+    log.info("no engine of %s fits %s at batch %d (segrt build --max-batch %d); serving the ONNX model",
+             model_file, gpu, batch, max(batch, 1))
+    return None
 
 
 def accelerator(manifest: Manifest) -> dict:
@@ -95,16 +107,17 @@ def net_config(net: Net, manifest: Manifest, batch: int, options: ServeOptions, 
 
 
 def write_net(root: Path, net: Net, manifest: Manifest, batch: int, options: ServeOptions, gpu: str | None) -> None:
-    plan = _engine(net.onnx.parent, net.onnx.name, gpu)
+    plan = _engine(net.onnx.parent, net.onnx.name, gpu, batch)
     version = root / net.name / "1"
     version.mkdir(parents=True)
     if plan is not None:
         shutil.copy2(plan, version / "model.plan")
     else:
         shutil.copy2(net.onnx, version / "model.onnx")
-        data = net.onnx.with_name(net.onnx.name + ".data")
-        if data.exists():
-            shutil.copy2(data, version / data.name)
+        for data in model_files(net.onnx)[1:]:  # every external data file, where the graph names it
+            target = version / data.relative_to(net.onnx.parent)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(data, target)
     (root / net.name / "config.pbtxt").write_text(render(net_config(net, manifest, batch, options, plan)))
 
 

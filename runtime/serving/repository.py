@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 from ..image import DEFAULT_MAX_PIXELS
-from ..manifest import read_manifest
+from ..manifest import read_manifest, replace_dir
 from .contract import Contract, Enum, contract_for
 from .pbtxt import parameters, render
 
@@ -83,17 +83,6 @@ def write_serve_repository(bundles: Sequence[Path], out: Path, options: ServeOpt
         for name, bundle in names.items():
             write_serve_model(tmp, name, bundle, options)
     return out
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` onto ``out``; an old ``out`` is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -117,20 +118,22 @@ class TritonServer:
     def _prepare(self) -> Path:
         dist = triton_dist()
         stub = _stub(dist)
-        ws = Path(tempfile.mkdtemp(prefix="segrt-triton-"))
-        backend = ws / "backends" / "python"
-        backend.mkdir(parents=True)
-        for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
-            shutil.copy2(dist / "backends" / "python" / name, backend / name)
-        shutil.copy2(stub, backend / "triton_python_backend_stub")
-        self.workspace = ws
-        if self._writer is not None:
-            self.repository = ws / "models"
-            try:
+        ws = self.workspace = Path(tempfile.mkdtemp(prefix="segrt-triton-"))  # removed by _cleanup, whatever fails
+        try:
+            backend = ws / "backends" / "python"
+            backend.mkdir(parents=True)
+            for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+                shutil.copy2(dist / "backends" / "python" / name, backend / name)
+            shutil.copy2(stub, backend / "triton_python_backend_stub")
+            if self._writer is not None:
+                self.repository = ws / "models"
                 self._writer(self.repository)
-            except BaseException:
-                self._cleanup()
-                raise
+        except OSError as exc:  # a broken nvidia-pytriton install, or no room in the temp folder
+            self._cleanup()
+            raise BackendUnavailableError(f"cannot prepare tritonserver's workspace: {exc}") from None
+        except BaseException:
+            self._cleanup()
+            raise
         return dist
 
     @property
@@ -151,7 +154,11 @@ class TritonServer:
 
     def start(self) -> "TritonServer":
         dist = self._prepare()
-        log = open(self.log_path, "wb")  # noqa: SIM115 (the child owns it; closed below)
+        try:
+            log = open(self.log_path, "wb")  # noqa: SIM115 (the child owns it; closed below)
+        except OSError as exc:
+            self._cleanup()
+            raise BackendUnavailableError(f"cannot write tritonserver's log: {exc}") from None
         try:
             self.process = subprocess.Popen(self.command(dist), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=python_env(dist), cwd=self.workspace,
@@ -181,7 +188,9 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT, stop: threading.Event | None = None) -> bool:
+        """Block until the server is ready (True), or ``stop`` is set while the models load (False: the server is
+        stopped). A server that exits or is not ready in time is stopped and a BackendUnavailableError."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
@@ -189,8 +198,11 @@ class TritonServer:
                 self.stop()
                 raise BackendUnavailableError(f"tritonserver exited before it was ready: {tail[-600:]}")
             if self.is_ready():
-                return
-            time.sleep(0.2)
+                return True
+            if stop is not None and stop.wait(0.2):
+                self.stop()
+                return False
+            time.sleep(0 if stop is not None else 0.2)
         tail = self.log_tail().replace("\n", " | ")
         self.stop()
         raise BackendUnavailableError(f"tritonserver was not ready within {timeout:.0f} s: {tail[-600:]}")
