@@ -17,7 +17,7 @@ from .image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image, 
 from .instance import InstanceResult
 from .loader import load
 from .sam import SamPredictor
-from .manifest import read_manifest, write_json_atomic
+from .manifest import read_manifest, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("segrt")
 
@@ -51,9 +51,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             image = read_image(path, max_pixels=seg.max_pixels)  # decoded once: segment, then draw
             res = seg(image)
             if isinstance(res, InstanceResult):
-                write_json_atomic(args.out / f"{path.stem}.instances.json", {
-                    "image": path.name, "height": image.shape[0], "width": image.shape[1],
-                    "class_names": list(res.class_names), "instances": res.to_coco(image_id=1)})
+                # COCO's results file, as COCO.loadRes reads it; the image entry it refers to beside it
+                write_text_atomic(args.out / f"{path.stem}.instances.json", json.dumps(res.to_coco(image_id=1)) + "\n")
+                write_json_atomic(args.out / f"{path.stem}.image.json", {
+                    "id": 1, "file_name": path.name, "height": image.shape[0], "width": image.shape[1],
+                    "class_names": list(res.class_names)})
             else:
                 res.save(args.out / f"{path.stem}.labels.png")
             write_image_atomic(args.out / f"{path.stem}.overlay.jpg", res.overlay(image)[:, :, ::-1])
@@ -88,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", type=Path)
     p.add_argument("--input", "-i", type=Path, required=True, help="an image file or a folder of images")
     p.add_argument("--out", "-o", type=Path, required=True,
-                   help="folder for <stem>.labels.png (semantic) or <stem>.instances.json (instance) and <stem>.overlay.jpg")
+                   help="folder for <stem>.labels.png (semantic) or <stem>.instances.json (instance: COCO results; "
+                   "<stem>.image.json its image entry) and <stem>.overlay.jpg")
     p.add_argument("--score-threshold", type=float, help="instance bundles: keep detections scoring at least this "
                    "(default: the manifest's)")
     p.add_argument("--device", choices=DEVICES, default="auto")

@@ -130,16 +130,17 @@ def test_segrt_run_writes_instances_and_overlay(maskrcnn: Trained, tmp_path: Pat
     proc = segrt("run", maskrcnn.bundle, "--input", tmp_path / "coffee.png", "--out", tmp_path / "out",
                  "--score-threshold", "0.3")
     assert proc.returncode == 0, proc.stderr
-    out = json.loads((tmp_path / "out" / "coffee.instances.json").read_text())
-    assert out["height"] == 400 and out["width"] == 600
+    results = tmp_path / "out" / "coffee.instances.json"
+    image = json.loads((tmp_path / "out" / "coffee.image.json").read_text())
+    assert (image["height"], image["width"], image["file_name"]) == (400, 600, "coffee.png")
     ref = InstanceSegmenter(maskrcnn.bundle, "cpu", score_threshold=0.3)(skimage.data.coffee())
-    assert len(out["instances"]) == len(ref)
-    gt = COCO()
-    gt.dataset = {"images": [{"id": 1, "height": 400, "width": 600}], "annotations": [],
+    assert len(json.loads(results.read_text())) == len(ref) > 0
+    gt = COCO()  # the file as COCO tools read it: loadRes(path), the image entry written beside it
+    gt.dataset = {"images": [{k: image[k] for k in ("id", "height", "width", "file_name")}], "annotations": [],
                   "categories": [{"id": i} for i in range(1, 4)]}
     gt.createIndex()
-    if out["instances"]:
-        gt.loadRes(out["instances"])
+    dt = gt.loadRes(str(results))
+    assert sorted(a["score"] for a in dt.dataset["annotations"]) == pytest.approx(sorted(ref.scores.tolist()))
     assert cv2.imread(str(tmp_path / "out" / "coffee.overlay.jpg")).shape == (400, 600, 3)
     bad = segrt("run", maskrcnn.bundle, "--input", tmp_path / "coffee.png", "--out", tmp_path / "o2",
                 "--score-threshold", "0.001")
