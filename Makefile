@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test
+.PHONY: bench test lint
 
 $(STAMP): pyproject.toml cpp_ext/native.cpp
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ TEST_CACHE ?= $(CURDIR)/.cache/test-fixtures
 test: $(STAMP) trt-lean
 	SEGRT_TEST_CACHE=$(TEST_CACHE) $(BIN)/python -m pytest -q
 	SEGRT_TEST_CACHE=$(TEST_CACHE) SEGRT_PREPOST=reference $(BIN)/python -m pytest -q -m "not slow"
+
+# ruff with the rules in pyproject.toml ([tool.ruff]); .ci/run runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The real TensorRT lean runtime wheels of both majors (bindings + libs + the tensorrt_lean wrapper; ~45 MB download
 # each), which tests/test_tensorrt_runtime.py checks the TensorRT runners against. Installed once per version beside

@@ -46,7 +46,7 @@ def markdown(result: dict[str, Any]) -> str:
             notes.append(f"{r['model']} {r['precision']}: accuracy vs FP32 {r['gate']['metric']} {r['gate']['score']:.4f} "
                          f"on {r['gate']['images']} images")
         s = r["segrt"]["stages"]
-        cell = lambda k: f"{s[k]['p50']:.1f} ({s[k]['p90']:.1f} / {s[k]['p99']:.1f})"  # noqa: E731
+        cell = lambda k, s=s: f"{s[k]['p50']:.1f} ({s[k]['p90']:.1f} / {s[k]['p99']:.1f})"  # noqa: E731
         torch_e2e = f"{r['torch']['stages']['e2e']['p50']:.1f}" if "torch" in r else "-"
         goal = (f" ({_goal(r['speedup_vs_torch'] >= GOAL_SPEEDUP)})"
                 if "torch" in r and r["precision"] == "fp32" and r.get("batch", 1) == 1 else "")

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ._trt_lean import lean_trt  # noqa: E402, F401  (fixture: the real TensorRT lean bindings, where installed)
+
 DATA = Path(__file__).parent / "data"
 PPOCR = DATA / "ppocr_v4_det.onnx"
 NUCLEI = Path(__file__).parents[1] / "benchmarks" / "data" / "nuclei_img2d.tif"

@@ -14,7 +14,7 @@ from segrt.runtime.backends.tensorrt import TensorRTRunner
 from segrt.runtime.backends.tensorrt_lean import TensorRTLeanRunner
 from segrt.runtime.errors import BackendUnavailableError, InferenceError, InvalidInputError, ModelFormatError
 
-from ._trt_lean import EngineDouble, TensorDouble, lean_trt  # noqa: F401
+from ._trt_lean import EngineDouble, TensorDouble
 from .conftest import PPOCR, conv_onnx
 
 BAD_FEEDS = [

@@ -24,7 +24,7 @@ from segrt.runtime.backends.tensorrt import TensorRTRunner
 from segrt.runtime.backends.tensorrt_lean import TensorRTLeanRunner
 from segrt.runtime.errors import BackendUnavailableError, InferenceError, InvalidInputError, ModelFormatError
 
-from ._trt_lean import ContextDouble, CudaDouble, EngineDouble, TensorDouble, lean_dir, lean_trt  # noqa: F401
+from ._trt_lean import ContextDouble, CudaDouble, EngineDouble, TensorDouble, lean_dir
 from .conftest import PPOCR, conv_onnx
 
 RUNNER_SOURCES = [Path(m.__file__) for m in (_trt, sys.modules[TensorRTRunner.__module__],

@@ -21,7 +21,7 @@ from ..manifest import MANIFEST_NAME, Manifest, read_manifest
 from ..onnx_files import model_files
 from .contract import Tensor, contract_for
 from .pbtxt import parameters, render
-from .repository import Enum, ServeOptions, atomic_dir, batching, io_config, model_names
+from .repository import Enum, ServeOptions, atomic_dir, io_config, model_names
 
 log = logging.getLogger("segrt")
 STAGE_PY = "from segrt.runtime.serving.stage_model import TritonPythonModel  # noqa: F401\n"

@@ -91,7 +91,7 @@ class InstanceStages(Stages):
 class _Prompts(SamPredictor):
     """SamPredictor's preprocessing and prompt encoding without its two runners."""
 
-    def __init__(self, manifest: Manifest) -> None:  # noqa: super().__init__ would open the graphs
+    def __init__(self, manifest: Manifest) -> None:  # super().__init__ would open the graphs
         self.manifest, self.spec = manifest, manifest.sam
         self.image_size = manifest.input.size[0] if manifest.input.size else 1024
         self._mean = np.asarray(manifest.input.mean, np.float32) * 255.0
