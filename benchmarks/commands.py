@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from segrt.runtime.cli import size_arg
+from segrt.runtime.cli import fraction, int_at_least, size_arg
 from segrt.runtime.errors import InvalidInputError
 from segrt.runtime.manifest import read_manifest, write_json_atomic, write_text_atomic
 
@@ -277,11 +277,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated fp32,fp16,int8: variants of each FP32 bundle, made once (gated) into the cache "
                    "(default: each bundle as it is)")
     p.add_argument("--batch", type=_batches, default=[1], help="comma-separated batch sizes (semantic bundles), e.g. 1,2,4")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int_at_least(0), default=3)
     count = p.add_mutually_exclusive_group()
     count.add_argument("--iters", type=int, default=20, help="timed runs per row (after --warmup)")
     count.add_argument("--seconds", type=float, help="time each row for S seconds instead (at least 3 runs)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both runtimes")
+    p.add_argument("--threads", type=int_at_least(1), default=os.cpu_count() or 1, help="threads for both runtimes")
     p.add_argument("--baseline", type=_baselines, default=["torch"],
                    help="comma-separated: torch (eager), compile (torch.compile too, where it works; minutes to compile), none")
     p.add_argument("--no-sam", action="store_true", help="--quick without SAM vit_b (saves ~3 minutes)")
@@ -301,7 +301,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "3 pairs of runs, speedup = median pair ratio)")
     p.add_argument("--source", type=Path, help="--stream: the video for the bundles named (default vtest.avi)")
     p.add_argument("--stream-frames", type=int, default=200, help="--stream: frames per run")
-    p.add_argument("--amg-points", type=int, default=32, help="--sam: automatic mask generation points per side")
+    p.add_argument("--amg-points", type=int_at_least(1), default=32, help="--sam: automatic mask generation points per side")
     p.set_defaults(func=cmd_bench)
     register_eval(sub)
 
@@ -394,10 +394,10 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
                    help="DIR with images/ and labels/<stem>.png (class ids, 255 ignored) or annotations.json (COCO)")
     p.add_argument("--device", type=_devices, default=["cpu"], help="comma-separated: each bundle runs on each")
     p.add_argument("--reference", type=Path, help="bundle to compare against on the CPU (default: the first row)")
-    p.add_argument("--min-agreement", type=float, default=0.99, help="semantic: pixel agreement tolerance")
-    p.add_argument("--min-mask-iou", type=float, default=0.9, help="instance: mean matched mask IoU tolerance")
-    p.add_argument("--min-match", type=float, default=0.95, help="instance: fraction of reference instances matched")
-    p.add_argument("--score-threshold", type=float, help="instance bundles: keep detections from this score "
+    p.add_argument("--min-agreement", type=fraction, default=0.99, help="semantic: pixel agreement tolerance")
+    p.add_argument("--min-mask-iou", type=fraction, default=0.9, help="instance: mean matched mask IoU tolerance")
+    p.add_argument("--min-match", type=fraction, default=0.95, help="instance: fraction of reference instances matched")
+    p.add_argument("--score-threshold", type=fraction, help="instance bundles: keep detections from this score "
                    "(default: the manifest's; the graph's floor, e.g. 0.05, scores AP as torchvision does)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path)

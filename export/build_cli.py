@@ -15,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from segrt.runtime.cli import size_arg
+from segrt.runtime.cli import int_at_least, positive_number, size_arg
 from segrt.runtime.engine import BuildOptions, derive_profiles
 from segrt.runtime.engine_build import build_engine, concrete, onnx_inputs, tensorrt_version
 from segrt.runtime.manifest import read_manifest
@@ -67,10 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min", type=size_arg, help="smallest HxW for dynamic image inputs")
     p.add_argument("--opt", type=size_arg, help="HxW TensorRT optimises for")
     p.add_argument("--max", type=size_arg, help="largest HxW")
-    p.add_argument("--max-batch", type=int, default=1)
-    p.add_argument("--max-points", type=int, default=16, help="SAM decoder: points per prompt")
-    p.add_argument("--workspace-gb", type=float, help="builder workspace (default: half the free device memory)")
-    p.add_argument("--dla-core", type=int, help="Jetson DLA core (TensorRT 10 on JetPack)")
+    p.add_argument("--max-batch", type=int_at_least(1), default=1)
+    p.add_argument("--max-points", type=int_at_least(1), default=16, help="SAM decoder: points per prompt")
+    p.add_argument("--workspace-gb", type=positive_number, help="builder workspace (default: half the free device memory)")
+    p.add_argument("--dla-core", type=int_at_least(0), help="Jetson DLA core (TensorRT 10 on JetPack)")
     p.add_argument("--gpu-fallback", action="store_true", help="with --dla-core: run unsupported layers on the GPU")
     p.add_argument("--version-compatible", action="store_true",
                    help="engine loadable by the same or later TensorRT (and by the lean runtime)")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from segrt.runtime.cli import size_arg
+from segrt.runtime.cli import fraction, int_at_least, size_arg
 from segrt.runtime.errors import InvalidInputError
 
 
@@ -131,22 +131,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("architecture", choices=[*(s.name for s in SPECS), "sam"])
     p.add_argument("--encoder", "--arch", help="backbone or variant (defaults: unet resnet34, deeplab* resnet50, "
                    "maskrcnn maskrcnn_resnet50_fpn; maskrcnn also takes maskrcnn_resnet50_fpn_v2)")
-    p.add_argument("--classes", "--num-classes", type=int, help="number of classes, background included "
+    p.add_argument("--classes", "--num-classes", type=int_at_least(1), help="number of classes, background included "
                    "(maskrcnn default: COCO's 91)")
     p.add_argument("--class-names", type=_names, help="comma-separated names or a file with one per line")
-    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--in-channels", type=int_at_least(1), default=3)
     p.add_argument("--weights", help="a local .pth/.pt/.safetensors state_dict, or none (required)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (--weights none)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--intensity", choices=("dtype", "minmax"), default="dtype", help="how pixel values map to 0-1")
     p.add_argument("--verify-image", type=Path, help="photo for the PyTorch check (default: a scikit-image photo)")
     g = p.add_argument_group("instance models (maskrcnn)")
-    g.add_argument("--min-size", type=int, default=800, help="resize the shorter side to this (torchvision: 800)")
-    g.add_argument("--max-size", type=int, default=1333, help="unless the longer side passes this (torchvision: 1333)")
-    g.add_argument("--score-threshold", type=float, default=0.5, help="default score filter, overridable at load")
-    g.add_argument("--graph-score-threshold", type=float, default=0.05, help="the graph's own floor (torchvision: 0.05)")
-    g.add_argument("--nms-threshold", type=float, default=0.5, help="per-class box NMS IoU in the graph")
-    g.add_argument("--detections", type=int, default=100, help="maximum detections per image in the graph")
+    g.add_argument("--min-size", type=int_at_least(1), default=800, help="resize the shorter side to this (torchvision: 800)")
+    g.add_argument("--max-size", type=int_at_least(1), default=1333, help="unless the longer side passes this (torchvision: 1333)")
+    g.add_argument("--score-threshold", type=fraction, default=0.5, help="default score filter, overridable at load")
+    g.add_argument("--graph-score-threshold", type=fraction, default=0.05, help="the graph's own floor (torchvision: 0.05)")
+    g.add_argument("--nms-threshold", type=fraction, default=0.5, help="per-class box NMS IoU in the graph")
+    g.add_argument("--detections", type=int_at_least(1), default=100, help="maximum detections per image in the graph")
     g = p.add_argument_group("Segment Anything (sam)")
     g.add_argument("--variant", choices=("vit_b", "vit_l", "vit_h", "tiny"),
                    help="SAM encoder (default vit_b; tiny is a reduced test model with no official checkpoint)")
@@ -159,11 +159,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", type=Path, help="the FP32 bundle")
     p.add_argument("--precision", choices=("fp16", "int8"), required=True)
     p.add_argument("--calib", type=Path, help="int8: a folder of images or a video, preprocessed as the runtime does")
-    p.add_argument("--samples", type=int, default=32, help="int8: calibration images (evenly spaced) or frames")
+    p.add_argument("--samples", type=int_at_least(1), default=32, help="int8: calibration images (evenly spaced) or frames")
     p.add_argument("--calibrator", choices=("minmax", "entropy", "percentile"), default="minmax")
     p.add_argument("--exclude", action="append", metavar="NODE", help="node name kept in float (repeat)")
     p.add_argument("--eval", type=Path, help="held-out images for the gate (default: 4 scikit-image photos)")
-    p.add_argument("--min-score", type=float, help="gate tolerance: pixel agreement (semantic, default 0.98) or "
+    p.add_argument("--min-score", type=fraction, help="gate tolerance: pixel agreement (semantic, default 0.98) or "
                    "mean matched mask IoU (instance 0.85, sam 0.90)")
     p.add_argument("--io", choices=("fp32", "fp16"), default="fp32", help="fp16: the graph's inputs/outputs too")
     p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
@@ -182,9 +182,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--std", type=_floats, help="per-channel std in 0-1 units (default ImageNet)")
     p.add_argument("--size", type=size_arg, help="HxW for fixed-size models")
     p.add_argument("--resize", choices=("stretch", "letterbox", "pad"))
-    p.add_argument("--stride", type=int, default=32, help="pad multiple for --resize pad")
+    p.add_argument("--stride", type=int_at_least(1), default=32, help="pad multiple for --resize pad")
     p.add_argument("--activation", choices=("softmax", "sigmoid", "none"), default="none")
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground threshold for one-channel outputs")
+    p.add_argument("--threshold", type=fraction, default=0.5, help="foreground threshold for one-channel outputs")
     p.add_argument("--classes", type=_names)
     p.add_argument("--input", dest="input_name", help="input tensor name (if the model has several)")
     p.add_argument("--output", help="output tensor name (if the model has several)")

@@ -7,9 +7,13 @@ gets ``run`` and ``info``. This module is the composition root: the only place t
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
+import re
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 from .errors import SegrtError
 
@@ -28,10 +32,64 @@ def size_arg(text: str) -> tuple[int, int]:
     return h, w
 
 
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: a whole number in [low, high], checked when the command line is parsed."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {f'in {low}..{high}' if high is not None else f'>= {low}'}; "
+                                             f"got {value}")
+        return value
+
+    return integer
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a threshold or score in [0, 1]."""
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1]; got {value:g}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0; got {value:g}")
+    return value
+
+
+class SegrtArgumentParser(argparse.ArgumentParser):
+    """Usage errors in one line (``segrt: error: ...``, exit 2), with the closest valid choice suggested, instead
+    of argparse's usage block; ``segrt COMMAND --help`` still prints the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            choices = [c.strip(" '\"") for c in found.group(2).split(",")]
+            close = difflib.get_close_matches(found.group(1), choices, n=1, cutoff=0.5)
+            message = f"{message.split(':')[0]}: unknown choice {found.group(1)!r}; expected one of {', '.join(choices)}" \
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+        self.exit(2, f"segrt: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="segrt", description="Export and run segmentation models.")
+    parser = SegrtArgumentParser(prog="segrt", description="Export and run segmentation models.")
     parser.add_argument("--version", action="version", version=f"segrt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log backend selection and progress")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

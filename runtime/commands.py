@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .backends import DEVICES, available_providers
+from .cli import fraction, int_at_least
 from .errors import InvalidInputError, SegrtError
 from .image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image, write_image_atomic
 from .instance import InstanceResult
@@ -92,11 +93,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", type=Path, required=True,
                    help="folder for <stem>.labels.png (semantic) or <stem>.instances.json (instance: COCO results; "
                    "<stem>.image.json its image entry) and <stem>.overlay.jpg")
-    p.add_argument("--score-threshold", type=float, help="instance bundles: keep detections scoring at least this "
+    p.add_argument("--score-threshold", type=fraction, help="instance bundles: keep detections scoring at least this "
                    "(default: the manifest's)")
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the backend's choice)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 100 MP)")
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="inference threads (default: the backend's choice)")
+    p.add_argument("--max-pixels", type=int_at_least(1), default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 100 MP)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("info", help="print a bundle's manifest, model inputs/outputs and available providers")
     p.add_argument("bundle", type=Path)

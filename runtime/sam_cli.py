@@ -10,6 +10,7 @@ import numpy as np
 
 from . import prepost
 from .backends import DEVICES
+from .cli import fraction, int_at_least
 from .errors import InvalidInputError
 from .image import read_image, to_display_rgb, write_image_atomic
 from .manifest import write_json_atomic
@@ -101,13 +102,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--box", type=box_arg, help="X0,Y0,X1,Y1 in pixels")
     p.add_argument("--single", action="store_true", help="one mask instead of three (multimask_output=False)")
     p.add_argument("--everything", action="store_true", help="automatic mask generation over a point grid")
-    p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--points-per-batch", type=int, default=64)
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    p.add_argument("--stability-score-thresh", type=float, default=0.95)
-    p.add_argument("--crop-n-layers", type=int, default=0)
+    p.add_argument("--points-per-side", type=int_at_least(1), default=32)
+    p.add_argument("--points-per-batch", type=int_at_least(1), default=64)
+    p.add_argument("--pred-iou-thresh", type=fraction, default=0.88)
+    p.add_argument("--stability-score-thresh", type=fraction, default=0.95)
+    p.add_argument("--crop-n-layers", type=int_at_least(0), default=0)
     p.add_argument("--out", "-o", type=Path, required=True,
                    help="folder for <stem>.mask<i>.png, <stem>.sam.json (COCO RLE) and <stem>.overlay.jpg")
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int_at_least(1), default=None)
     p.set_defaults(func=cmd_sam)

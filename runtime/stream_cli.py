@@ -14,11 +14,15 @@ from tqdm import tqdm
 
 from . import kernels
 from .backends import DEVICES
+from .cli import int_at_least, positive_number
 from .errors import InvalidInputError
 from .instance import InstanceResult
 from .sam_cli import box_arg, point_arg
 from .semantic import SegmentationResult
 from .stream import Display, PromptResult, Stream, VideoSink, annotate
+
+#: inference workers a stream may start (each holds a model session; more than this is a typo, not a plan)
+MAX_WORKERS = 64
 
 
 def frame_record(result: Any) -> dict[str, Any]:
@@ -157,10 +161,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--live", action="store_true", help="newest-frame policy: drop stale frames (cameras, URLs)")
     mode.add_argument("--all-frames", action="store_true", help="process every frame in order (files, folders)")
-    p.add_argument("--max-fps", type=float, help="read the source at most this often")
-    p.add_argument("--frames", type=int, help="stop after this many frames")
-    p.add_argument("--workers", type=int, help="inference workers (default: 2 single-threaded on a CPU, 1 on a GPU)")
-    p.add_argument("--threads", type=int, help="inference threads per worker")
+    p.add_argument("--max-fps", type=positive_number, help="read the source at most this often")
+    p.add_argument("--frames", type=int_at_least(1), help="stop after this many frames")
+    p.add_argument("--workers", type=int_at_least(1, MAX_WORKERS), help="inference workers, at most "
+                   f"{MAX_WORKERS} (default: 2 single-threaded on a CPU, 1 on a GPU)")
+    p.add_argument("--threads", type=int_at_least(1), help="inference threads per worker")
     p.add_argument("--log", type=Path, help="per-frame JSON lines, the run's report last")
     p.add_argument("--report", type=Path, help="write the run's report as JSON")
     p.add_argument("--point", type=point_arg, action="append", help="SAM bundles: X,Y[,LABEL], applied to every frame")

@@ -101,8 +101,21 @@ def test_info_lists_manifest_io_and_providers(ocr) -> None:
 
 
 def test_usage_errors(tmp_path) -> None:
-    proc = segrt("export", "segformer", "--classes", "2", "--weights", "none", "--out", tmp_path / "x")
-    assert proc.returncode == 2 and "invalid choice: 'segformer'" in proc.stderr and "unet" in proc.stderr
+    assert_one_line_error(segrt("export", "segformer", "--classes", "2", "--weights", "none", "--out", tmp_path / "x"),
+                          "unknown choice 'segformer'; expected one of unet, deeplabv3plus")
+    assert_one_line_error(segrt("export", "unet3000", "--out", tmp_path / "x"), "(did you mean 'unet'?)")
+    assert_one_line_error(segrt("exprot", "unet"), "unknown choice 'exprot'")
+    # numbers are checked when the command line is parsed, not when the first image fails
+    for argv, says in ((("run", tmp_path, "--input", tmp_path, "--out", tmp_path / "o", "--max-pixels", "-5"),
+                        "--max-pixels: must be >= 1; got -5"),
+                       (("sam", tmp_path, "--image", tmp_path / "a.png", "--everything", "--pred-iou-thresh", "7"),
+                        "--pred-iou-thresh: must be in [0, 1]; got 7"),
+                       (("stream", tmp_path, "--source", tmp_path, "--workers", "500"), "--workers: must be in 1..64"),
+                       (("build", tmp_path, "--workspace-gb", "0"), "--workspace-gb: must be > 0"),
+                       (("run", tmp_path, "--input", tmp_path, "--out", tmp_path / "o", "--threads", "two"),
+                        "--threads: expected a whole number, got 'two'")):
+        assert_one_line_error(segrt(*argv), says)
+    assert not (tmp_path / "o").exists()
     assert_one_line_error(
         segrt("export", "unet", "--encoder", "resnet9000", "--classes", "2", "--weights", "none", "--out", tmp_path / "x"),
         "unknown encoder 'resnet9000'",

@@ -7,38 +7,26 @@ import signal
 import threading
 from pathlib import Path
 
+from ..cli import int_at_least
 from ..image import DEFAULT_MAX_PIXELS
 
 
-def _int_at_least(low: int, what: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer; got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{what} must be >= {low}; got {value}")
-        return value
-
-    return parse
-
-
 def _port(text: str) -> int:
-    value = _int_at_least(1, "a port")(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a port must be in 1-65535; got {value}")
-    return value
+    try:
+        return int_at_least(1, 65535)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"a port must be in 1-65535; got {text!r}") from None
 
 
 def _batching_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE", help="model name = the bundle's folder name")
-    p.add_argument("--max-batch", type=_int_at_least(1, "--max-batch"), default=8,
+    p.add_argument("--max-batch", type=int_at_least(1), default=8,
                    help="images per execution for semantic models (Triton's dynamic batcher); default 8")
-    p.add_argument("--max-queue-delay-us", type=_int_at_least(0, "--max-queue-delay-us"), default=2000,
+    p.add_argument("--max-queue-delay-us", type=int_at_least(0), default=2000,
                    help="how long the batcher waits to fill a batch, microseconds; default 2000")
-    p.add_argument("--instances", type=_int_at_least(1, "--instances"), default=1,
+    p.add_argument("--instances", type=int_at_least(1), default=1,
                    help="model instances per bundle (processes on the CPU, copies on the GPU); default 1")
-    p.add_argument("--max-pixels", type=_int_at_least(1, "--max-pixels"), default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=int_at_least(1), default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (HTTP 400); default {DEFAULT_MAX_PIXELS}")
 
 
@@ -91,9 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="the only address bound; default 127.0.0.1")
     p.add_argument("--http-port", type=_port, default=8000)
     p.add_argument("--grpc-port", type=_port, default=8001)
-    p.add_argument("--threads", type=_int_at_least(1, "--threads"), default=None,
+    p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="ONNX Runtime threads per model instance (default: ONNX Runtime's)")
-    p.add_argument("--ready-timeout", type=_int_at_least(1, "--ready-timeout"), default=120,
+    p.add_argument("--ready-timeout", type=int_at_least(1), default=120,
                    help="seconds to wait for the models to load; default 120")
     p.set_defaults(func=cmd_serve)
 
