@@ -62,6 +62,21 @@ def _check_io(manifest: Manifest, runner: Runner) -> None:
             )
     if inputs[spec.name].dtype != np.float32:
         raise ModelFormatError(f"input {spec.name!r} must be float32; the model takes {inputs[spec.name].dtype}")
+    _check_classes(manifest, outputs[manifest.output.name].shape)
+
+
+def _check_classes(manifest: Manifest, shape: tuple) -> None:
+    """The manifest's class names against the model's score channels (one channel: background + foreground)."""
+    if len(shape) != 4:
+        return  # rank checked on the first result
+    channels = shape[1] if manifest.output.layout == "nchw" else shape[3]
+    if not isinstance(channels, int) or channels < 1:
+        return  # a dynamic channel axis: checked against the scores themselves
+    expected = 2 if channels == 1 else channels
+    if manifest.num_classes != expected:
+        raise ModelFormatError(f"the manifest names {manifest.num_classes} classes; the model's output "
+                               f"{manifest.output.name!r} has {channels} channel(s), i.e. {expected} classes: "
+                               "fix the manifest's classes (or re-import with --classes)")
 
 
 class Segmenter(BundleModel):

@@ -112,6 +112,11 @@ def test_manifest_that_disagrees_with_the_model(ocr_bundle, tmp_path) -> None:
     (bad / "segrt.json").write_text(json.dumps(data))
     with pytest.raises(ModelFormatError, match="manifest says 1 input channels; the model takes 3"):
         load(bad, device="cpu")
+    data = json.loads((ocr_bundle / "segrt.json").read_text())
+    data["classes"] = ["background", "text", "table"]  # one score channel means two classes
+    (bad / "segrt.json").write_text(json.dumps(data))
+    with pytest.raises(ModelFormatError, match="names 3 classes; the model's output .* has 1 channel"):
+        load(bad, device="cpu")
 
 
 def test_int8_of_an_opset_12_model(ocr_bundle, tmp_path, photos) -> None:
