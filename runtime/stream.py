@@ -628,7 +628,7 @@ class VideoSink:
         if not self.path.parent.is_dir():
             raise InvalidInputError(f"cannot write {str(path)!r}: folder {str(self.path.parent)!r} does not exist")
         self.tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
-        self.size = size_wh
+        self.size, self.fourcc = size_wh, fourcc  # mp4v: PyPI's OpenCV has no H.264 encoder (browsers want avc1)
         self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), fps or 25.0, size_wh)
         if not self._writer.isOpened():
             self.tmp.unlink(missing_ok=True)

@@ -110,7 +110,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             log.write({"report": s.report.to_dict()})
             log.close()
     r = s.report
-    print(f"segrt: {r.summary()}" + (f"; video {args.out} ({sink.frames} frames)" if sink is not None else ""))
+    print(f"segrt: {r.summary()}" + (f"; video {args.out} ({sink.frames} frames, {sink.fourcc})" if sink is not None else ""))
     if args.report is not None:
         from .manifest import write_json_atomic
 
@@ -139,6 +139,10 @@ class _LazySink:
     @property
     def frames(self) -> int:
         return self._sink.frames if self._sink else 0
+
+    @property
+    def fourcc(self) -> str:
+        return self._sink.fourcc if self._sink else "no frames"
 
     def write(self, rgb: np.ndarray) -> None:
         if self._sink is None:

@@ -180,9 +180,11 @@ def test_cli_semantic_over_vtest_writes_a_playable_video_and_log(unet_trained, t
     rc = main(["stream", str(unet_trained.bundle), "--source", str(VTEST), "--frames", "30", "--out", str(out),
                "--log", str(log), "-q"])
     assert rc == 0
-    assert "30 of 30 frames" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "30 of 30 frames" in said and f"video {out} (30 frames, mp4v)" in said  # the codec is named
     cap = cv2.VideoCapture(str(out))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 30
+    assert int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little") in (b"mp4v", b"FMP4")  # MPEG-4 part 2 either way
     ok, first = cap.read()
     assert ok and first.shape == (576, 768, 3)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
