@@ -232,12 +232,15 @@ def test_bad_sources_and_outputs_are_one_line_errors(unet_trained, sam_tiny, cli
         (["--source", str(clip), "--out", str(tmp_path / "no" / "dir" / "x.mp4")], "does not exist"),
         (["--source", str(clip), "--out", str(tmp_path / "x.gif")], "must end in"),
         (["--source", str(clip), "--point", "5,5"], "SAM bundles only"),
-        (["--source", str(clip), "--max-fps", "0"], "max_fps must be positive"),
     ]
     for extra, message in cases:
         assert main(["stream", bundle, *extra, "-q"]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_:  # checked when the command line is parsed
+        main(["stream", bundle, "--source", str(clip), "--max-fps", "0", "-q"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--max-fps: must be > 0; got 0" in err and err.count("\n") == 1
     assert main(["stream", str(sam_tiny.bundle), "--source", str(clip), "-q"]) == 2
     assert "needs fixed prompts" in capsys.readouterr().err
     not_video = tmp_path / "notes.mp4"
