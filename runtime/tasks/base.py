@@ -1,0 +1,84 @@
+"""The task extension point: what differs between kinds of result, in one object per task.
+
+Models (``export/models/``) and backends (``runtime/backends/``) are the other two extension points. A task
+is one module in this folder defining a :class:`Task` subclass and its ``TASK`` instance, plus one entry in
+``TASKS`` (``__init__.py``). The CLI (``segrt run``, ``info``, ``stream``, ``eval``, ``bench``), the stream
+pipeline, the serving stages, the quantize gate and the benchmarks look the task up with :func:`task_for` and
+call it; none of them branches on the task's name. detectron2's meta-architectures and transformers'
+``post_process_*`` family are the anchors: one result contract per task, many models behind it.
+
+Every hook here raises :class:`NotImplementedError` naming the task, so a new task that skips one fails
+with a message that says which, not with an ``AttributeError`` somewhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..backends import Runner
+    from ..manifest import Manifest
+
+
+class Task:
+    """One kind of result (semantic label maps, instances, SAM masks...) and everything that differs for it."""
+
+    #: the manifest's ``task`` value
+    name: ClassVar[str]
+    #: one line for ``segrt info`` and error messages
+    summary: ClassVar[str] = ""
+
+    def _missing(self, hook: str) -> NotImplementedError:
+        return NotImplementedError(f"task {self.name!r} does not implement {hook}")
+
+    # -- the bundle and its manifest ------------------------------------------------------------------
+    def check_manifest(self, manifest: Manifest) -> None:
+        """Refuse (``ModelFormatError``) a manifest this task cannot run: missing sections, no classes..."""
+        raise self._missing("check_manifest")
+
+    def load(self, bundle: Path, device: str = "auto", **kwargs: Any) -> Any:
+        """The predictor for ``bundle`` on ``device`` (``Segmenter``, ``InstanceSegmenter``, ``SamPredictor``...)."""
+        raise self._missing("load")
+
+    def runners(self, predictor: Any) -> dict[str, Runner]:
+        """The predictor's model runners by role (``{"model": ...}``, SAM: encoder and decoder): ``segrt info``."""
+        raise self._missing("runners")
+
+    # -- segrt run and segrt stream ------------------------------------------------------------------
+    def write(self, result: Any, image: np.ndarray, out_dir: Path, stem: str, source: Path) -> list[Path]:
+        """What ``segrt run`` saves for one image (atomically), beside ``<stem>.overlay.jpg``; the paths written."""
+        raise self._missing("write")
+
+    def stages(self, predictor: Any, prompts: dict[str, Any] | None = None) -> Any:
+        """The pre / infer / post stages the stream pipeline (and the stage benchmarks) run."""
+        raise self._missing("stages")
+
+    def frame_record(self, result: Any) -> dict[str, Any]:
+        """What one frame of ``segrt stream --log`` says was found (beside its frame number and timings)."""
+        raise self._missing("frame_record")
+
+    # -- quantization: calibration and the accuracy gate ----------------------------------------------
+    def calibration_feeds(self, predictor: Any, image: np.ndarray) -> dict[str, np.ndarray]:
+        """The model file's input feeds for one calibration image, by the runtime's own preprocessing."""
+        raise self._missing("calibration_feeds")
+
+    #: the quantize gate's metric name (the mean of ``gate_score(...)[gate_metric]`` over the gate images)
+    gate_metric: ClassVar[str] = ""
+
+    def gate_score(self, reference: Any, variant: Any, image: np.ndarray) -> dict[str, float]:
+        """A variant's predictor against the FP32 one on one image: ``{gate_metric: ..., other facts}``."""
+        raise self._missing("gate_score")
+
+    # -- segrt eval --------------------------------------------------------------------------------------
+    def evaluator(self, dataset: Any, tolerances: Any) -> Any:
+        """Accumulates one row's accuracy (and agreement with a reference row) over ``segrt eval``'s images."""
+        raise self._missing("evaluator")
+
+    # -- segrt bench and gpu-check -------------------------------------------------------------------
+    # (hooks the benchmarks need are added here)
+
+    # -- serving (segrt triton / segrt serve) ---------------------------------------------------------
+    # (hooks the serving stages need are added here)
