@@ -22,6 +22,7 @@ bench: $(STAMP)
 # their NumPy twin (SEGRT_PREPOST=reference). The quick fixtures trained by the first pass are reused.
 TEST_CACHE ?= $(CURDIR)/.cache/test-fixtures
 test: $(STAMP) trt-lean
+	SEGRT_TEST_CACHE=$(TEST_CACHE) $(BIN)/python -m tests.prepare_fixtures
 	SEGRT_TEST_CACHE=$(TEST_CACHE) $(BIN)/python -m pytest -q
 	SEGRT_TEST_CACHE=$(TEST_CACHE) SEGRT_PREPOST=reference $(BIN)/python -m pytest -q -m "not slow"
 

@@ -150,8 +150,7 @@ class Trained:
     metrics: dict
 
 
-#: The CI-sized training runs (same data and models as the cached fixtures, fewer steps, smaller scenes).
-QUICK = {"unet": dict(steps=300, size=96), "maskrcnn": dict(steps=150, size=128, train_count=96, val_count=16)}
+from .prepare_fixtures import QUICK  # noqa: E402  (the quick recipes; `make test` trains them before pytest)
 
 
 @pytest.fixture(scope="session")
