@@ -19,11 +19,12 @@ bench: $(STAMP)
 	$(BIN)/segrt bench --quick --json benchmarks/results/latest.json --markdown benchmarks/results/latest.md --plot benchmarks/results/latest.png
 
 # The test suite (what CI runs): all of it with the C++ pre/post kernels, then its fast part again with
-# their NumPy twin (SEGRT_PREPOST=reference). The quick fixtures trained by the first pass are reused.
+# their NumPy twin (SEGRT_PREPOST=reference). The quick fixtures are trained (or found in the cache) first,
+# with progress on stderr, so no test waits on training under its clock; both passes reuse them.
 TEST_CACHE ?= $(CURDIR)/.cache/test-fixtures
 test: $(STAMP) trt-lean
 	SEGRT_TEST_CACHE=$(TEST_CACHE) $(BIN)/python -m tests.prepare_fixtures
-	SEGRT_TEST_CACHE=$(TEST_CACHE) $(BIN)/python -m pytest -q
+	SEGRT_TEST_CACHE=$(TEST_CACHE) $(BIN)/python -m pytest -q --durations=20
 	SEGRT_TEST_CACHE=$(TEST_CACHE) SEGRT_PREPOST=reference $(BIN)/python -m pytest -q -m "not slow"
 
 # ruff with the rules in pyproject.toml ([tool.ruff]); .ci/run runs it before the tests.
