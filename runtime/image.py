@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Union
 
@@ -18,6 +23,47 @@ InputColor = Literal["rgb", "bgr"]
 DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".pgm", ".ppm", ".pbm")
 _DTYPES = (np.uint8, np.uint16)
+#: What the decoders print from C (libpng's "libpng error: ..." / "libpng warning: ...", OpenCV's log).
+_DECODER_CHATTER = ("libpng ", "[ WARN:", "[ERROR:", "[ INFO:")
+_stderr_lock = threading.Lock()
+
+
+@contextmanager
+def _captured_fd2(sink: list[str]) -> Iterator[None]:
+    """Point file descriptor 2 at a temporary file while the block runs, then put it back and add what
+    was written there to ``sink`` (C libraries print to fd 2 directly; ``sys.stderr`` cannot catch it)."""
+    with _stderr_lock, tempfile.TemporaryFile() as tmp:
+        if sys.stderr is not None:
+            sys.stderr.flush()  # Python's pending text goes out before fd 2 moves
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 to borrow: run the block as is
+            saved = -1
+        if saved < 0:
+            yield
+            return
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            sink.extend(tmp.read().decode("utf-8", "replace").splitlines(keepends=True))
+
+
+def _imdecode_quiet(data: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """``cv2.imdecode`` without its C-level stderr lines; returns the image (None on failure) and the
+    decoder's own reason, e.g. ``IDAT: CRC error``. Lines other threads wrote meanwhile go on to stderr."""
+    lines: list[str] = []
+    with _captured_fd2(lines):
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    chatter = [ln for ln in lines if ln.startswith(_DECODER_CHATTER)]
+    others = [ln for ln in lines if not ln.startswith(_DECODER_CHATTER)]
+    if others:
+        os.write(2, "".join(others).encode())
+    reasons = [ln.split(":", 1)[1].strip() for ln in chatter if ln.startswith("libpng error:")]
+    return image, "; ".join(reasons)
 
 
 def _decode_file(path: Path) -> np.ndarray:
@@ -28,11 +74,11 @@ def _decode_file(path: Path) -> np.ndarray:
         raise InvalidInputError(f"image {str(path)!r} is empty (0 bytes)")
     if data[:3].tobytes() == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-4096:].tobytes():
         raise InvalidInputError(f"image {str(path)!r} is a truncated JPEG (no end-of-image marker); re-copy the file")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    image, reason = _imdecode_quiet(data)
     if image is None:
-        raise InvalidInputError(
-            f"image {str(path)!r} could not be decoded; expected PNG, JPEG, TIFF, BMP or WebP, not corrupt or truncated"
-        )
+        because = f" (libpng: {reason})" if reason else ""
+        raise InvalidInputError(f"image {str(path)!r} could not be decoded{because}; expected PNG, JPEG, TIFF, BMP "
+                                "or WebP, not corrupt or truncated")
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     elif image.ndim == 3 and image.shape[2] == 4:

@@ -51,8 +51,10 @@ class InstanceResult:
                         "score": float(score), "segmentation": rle})
         return out
 
-    def overlay(self, image: ImageLike, alpha: float = 0.5, *, color: InputColor = "rgb") -> np.ndarray:
-        """An 8-bit RGB picture with each instance's mask tinted, its box drawn and labelled."""
+    def overlay(self, image: ImageLike, alpha: float = 0.5, *, color: InputColor = "rgb",
+                legend: bool = True) -> np.ndarray:
+        """An 8-bit RGB picture with each instance's mask tinted, its box drawn and labelled and, with
+        ``legend``, a colour key of the classes present in its top-right corner (not on images under 64 px)."""
         rgb = to_display_rgb(read_image(image, color=color))
         if rgb.shape[:2] != self.masks.shape[1:]:
             raise InvalidInputError(f"overlay image is {rgb.shape[1]}x{rgb.shape[0]}; the result is for "
@@ -66,6 +68,8 @@ class InstanceResult:
             name = self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
             cv2.putText(out, f"{name} {score:.2f}", (x0, max(y0 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1,
                         cv2.LINE_AA)
+        if legend:
+            prepost.draw_legend(out, prepost.instance_legend(self.labels, self.class_names))
         return out
 
 

@@ -7,8 +7,10 @@ NumPy twin); this module plans frames and turns them into resampling taps.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from . import kernels
@@ -164,6 +166,120 @@ def overlay_masks(image_rgb: np.ndarray, masks: np.ndarray, alpha: float = 0.5) 
     for i, m in enumerate(masks):
         ids[m] = i + 1
     return kernels.overlay_labels(image_rgb, ids, palette(len(masks) + 1), alpha)
+
+
+#: Overlays with a side shorter than this get no legend: it would hide most of the picture.
+LEGEND_MIN_SIDE = 64
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+@dataclass(frozen=True)
+class LegendEntry:
+    """One legend row: a class name and the colours (RGB) it is painted in (one per instance for instance
+    overlays, the swatch split into stripes)."""
+
+    name: str
+    colours: tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class LegendLayout:
+    box: tuple[int, int, int, int]  # x, y, width, height of the legend in the image
+    rows: tuple[LegendEntry, ...]  # what fits; colours () for the "+N more" row
+    scale: float
+    thickness: int
+    pad: int
+    row_h: int
+    swatch: int  # side of a colour square: the text's height, descenders included
+    ascent: int  # the text's height above its baseline
+
+
+def _class_name(class_names: Sequence[str], cid: int) -> str:
+    return class_names[cid] if 0 <= cid < len(class_names) else str(cid)
+
+
+def _rgb(colour: np.ndarray) -> tuple[int, int, int]:
+    return int(colour[0]), int(colour[1]), int(colour[2])
+
+
+def semantic_legend(label_map: np.ndarray, class_names: Sequence[str]) -> list[LegendEntry]:
+    """Legend rows for the classes present in ``label_map`` (background, class 0, left out), by class id,
+    in the colours :func:`overlay_labels` paints."""
+    present = np.flatnonzero(np.bincount(label_map.ravel(), minlength=1)) if label_map.size else np.zeros(0, int)
+    present = present[present > 0]
+    colours = palette(int(present[-1]) + 1) if len(present) else palette(1)
+    return [LegendEntry(_class_name(class_names, int(c)), (_rgb(colours[c]),)) for c in present.tolist()]
+
+
+def instance_legend(labels: np.ndarray, class_names: Sequence[str]) -> list[LegendEntry]:
+    """Legend rows for the classes of ``labels`` (instance i in colour i + 1, as :func:`overlay_masks`), by
+    class id; a class with several instances shows their colours side by side and its count."""
+    colours = palette(len(labels) + 1)[1:]
+    rows = []
+    for cid in sorted(set(int(v) for v in labels.tolist())):
+        idx = np.flatnonzero(labels == cid).tolist()
+        name = _class_name(class_names, cid) + (f" x{len(idx)}" if len(idx) > 1 else "")
+        rows.append(LegendEntry(name, tuple(_rgb(colours[i]) for i in idx)))
+    return rows
+
+
+def _fit(text: str, width: int, scale: float, thickness: int) -> str:
+    """``text``, shortened with '..' until it is at most ``width`` pixels wide ('' when nothing fits)."""
+    if cv2.getTextSize(text, _FONT, scale, thickness)[0][0] <= width:
+        return text
+    for n in range(len(text) - 1, 0, -1):
+        if cv2.getTextSize(text[:n] + "..", _FONT, scale, thickness)[0][0] <= width:
+            return text[:n] + ".."
+    return ""
+
+
+def legend_layout(image_hw: tuple[int, int], entries: Sequence[LegendEntry]) -> LegendLayout | None:
+    """Where the legend of ``entries`` goes in an image of ``image_hw`` (top-right corner, sized with the
+    image); None when there is nothing to show or the image is too small for one."""
+    h, w = image_hw
+    if not entries or min(h, w) < LEGEND_MIN_SIDE:
+        return None
+    scale = min(max(min(h, w) / 800, 0.35), 1.5)
+    thickness = 1 if scale < 0.8 else 2
+    (_, text_h), base = cv2.getTextSize("Ag", _FONT, scale, thickness)
+    pad, swatch = max(2, round(4 * scale)), text_h + base
+    row_h = swatch + pad
+    fit = (h - 4 * pad) // row_h
+    if fit < 1:
+        return None
+    rows = list(entries)
+    if len(rows) > fit:
+        rows = [*rows[: fit - 1], LegendEntry(f"+{len(entries) - fit + 1} more", ())]
+    text_w = w - 2 * pad - (3 * pad + swatch)  # inside the image's margins, beside the swatch
+    rows = [LegendEntry(_fit(r.name, text_w, scale, thickness), r.colours) for r in rows]
+    if text_w < swatch or not all(r.name for r in rows):
+        return None
+    widest = max(cv2.getTextSize(r.name, _FONT, scale, thickness)[0][0] for r in rows)
+    bw, bh = 3 * pad + swatch + widest + pad, len(rows) * row_h + pad
+    return LegendLayout((w - pad - bw, pad, bw, bh), tuple(rows), scale, thickness, pad, row_h, swatch, text_h)
+
+
+def draw_legend(image_rgb: np.ndarray, entries: Sequence[LegendEntry]) -> tuple[int, int, int, int] | None:
+    """Draw a legend (colour swatch + name per entry on a darkened box) into ``image_rgb`` in place; only the
+    pixels of the returned box (x, y, width, height) change. None (nothing drawn) when
+    :func:`legend_layout` finds no room."""
+    lay = legend_layout(image_rgb.shape[:2], entries)
+    if lay is None:
+        return None
+    x, y, bw, bh = lay.box
+    patch = (image_rgb[y : y + bh, x : x + bw].astype(np.uint16) * 3 // 10).astype(np.uint8)
+    p, s = lay.pad, lay.swatch
+    for k, row in enumerate(lay.rows):
+        top = p + k * lay.row_h
+        if row.colours:
+            shown = row.colours[:4]
+            for j, colour in enumerate(shown):
+                x0, x1 = p + s * j // len(shown), p + s * (j + 1) // len(shown)
+                cv2.rectangle(patch, (x0, top), (x1 - 1, top + s - 1), colour, -1)
+            cv2.rectangle(patch, (p, top), (p + s - 1, top + s - 1), (200, 200, 200), 1)
+        cv2.putText(patch, row.name, (2 * p + s, top + lay.ascent), _FONT, lay.scale, (255, 255, 255), lay.thickness, cv2.LINE_AA)
+    image_rgb[y : y + bh, x : x + bw] = patch
+    return lay.box
 
 
 def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int], threshold: float = 0.5) -> np.ndarray:

@@ -10,6 +10,7 @@ masks that survive NMS are upscaled again and encoded, instead of RLE-encoding e
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from itertools import product
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from . import kernels
 from .errors import InvalidInputError
@@ -140,7 +142,8 @@ class SamAutomaticMaskGenerator:
                  stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7, crop_n_layers: int = 0,
                  crop_nms_thresh: float = 0.7, crop_overlap_ratio: float = 512 / 1500,
                  crop_n_points_downscale_factor: int = 1, point_grids: list[np.ndarray] | None = None,
-                 min_mask_region_area: int = 0, output_mode: OutputMode = "binary_mask") -> None:
+                 min_mask_region_area: int = 0, output_mode: OutputMode = "binary_mask", *,
+                 progress: bool = False) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise InvalidInputError("give exactly one of points_per_side and point_grids")
         if output_mode not in ("binary_mask", "coco_rle"):
@@ -159,7 +162,9 @@ class SamAutomaticMaskGenerator:
         self.stability_score_offset, self.box_nms_thresh = stability_score_offset, box_nms_thresh
         self.crop_n_layers, self.crop_nms_thresh, self.crop_overlap_ratio = crop_n_layers, crop_nms_thresh, crop_overlap_ratio
         self.min_mask_region_area, self.output_mode = min_mask_region_area, output_mode
+        self.progress = progress  # a bar on stderr over the decoder batches (segrt sam --everything)
         self.timings: dict[str, float] = {}
+        self._bar: tqdm | None = None
 
     def generate(self, image: ImageLike) -> list[dict[str, Any]]:
         """All masks of an 8-bit RGB image as segment-anything's list of record dicts."""
@@ -169,8 +174,14 @@ class SamAutomaticMaskGenerator:
         self._orig_hw = orig
         crop_boxes, layers = generate_crop_boxes(orig, self.crop_n_layers, self.crop_overlap_ratio)
         records: list[dict[str, Any]] = []
-        for crop_box, layer in zip(crop_boxes, layers):
-            records.extend(self._process_crop(rgb, crop_box, layer, orig))
+        total = sum(math.ceil(len(self.point_grids[layer]) / self.points_per_batch) for layer in layers)
+        self._bar = tqdm(total=total, unit="batch", file=sys.stderr, disable=not self.progress or total < 2)
+        try:
+            for crop_box, layer in zip(crop_boxes, layers):
+                records.extend(self._process_crop(rgb, crop_box, layer, orig))
+        finally:
+            self._bar.close()
+            self._bar = None
         t0 = time.perf_counter()
         if len(crop_boxes) > 1 and records:
             boxes = np.array([r["box"] for r in records], np.float64)
@@ -194,6 +205,8 @@ class SamAutomaticMaskGenerator:
         cands = Candidates()
         for start in range(0, len(points), self.points_per_batch):
             self._process_batch(points[start : start + self.points_per_batch], crop_box, orig, cands)
+            if self._bar is not None:
+                self._bar.update(1)
         t1 = time.perf_counter()
         data = cands.stacked()
         keep = nms(data["boxes"], data["iou"], self.box_nms_thresh)

@@ -76,7 +76,7 @@ def cmd_sam(args: argparse.Namespace) -> int:
         gen = SamAutomaticMaskGenerator(pred, points_per_side=args.points_per_side,
                                         points_per_batch=args.points_per_batch, pred_iou_thresh=args.pred_iou_thresh,
                                         stability_score_thresh=args.stability_score_thresh,
-                                        crop_n_layers=args.crop_n_layers)
+                                        crop_n_layers=args.crop_n_layers, progress=True)
         records = gen.generate(image)
         masks = [r["segmentation"] for r in records]
         for r, rle in zip(records, rle_encode(np.stack(masks)) if masks else []):

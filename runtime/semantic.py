@@ -23,10 +23,15 @@ class SegmentationResult:
     class_names: tuple[str, ...]
     timings: dict[str, float] = field(default_factory=dict)  # pre, infer, post in ms
 
-    def overlay(self, image: ImageLike, alpha: float = 0.5, *, color: InputColor = "rgb") -> np.ndarray:
-        """An 8-bit RGB picture of ``image`` with each non-background class painted over it."""
+    def overlay(self, image: ImageLike, alpha: float = 0.5, *, color: InputColor = "rgb",
+                legend: bool = True) -> np.ndarray:
+        """An 8-bit RGB picture of ``image`` with each non-background class painted over it and, with
+        ``legend``, a colour key of the classes present in its top-right corner (not on images under 64 px)."""
         rgb = to_display_rgb(read_image(image, color=color))
-        return prepost.overlay_labels(rgb, self.label_map, len(self.class_names), alpha)
+        out = prepost.overlay_labels(rgb, self.label_map, len(self.class_names), alpha)
+        if legend:
+            prepost.draw_legend(out, prepost.semantic_legend(self.label_map, self.class_names))
+        return out
 
     def save(self, path: str | Path) -> None:
         """Write the label map as a PNG of class ids (uint8, or uint16 past 256 classes)."""

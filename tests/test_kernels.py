@@ -277,7 +277,7 @@ def test_environment_switch_and_clean_fallback(tmp_path) -> None:
     assert forced.returncode == 2 and "SEGRT_PREPOST=native" in forced.stderr and "Traceback" not in forced.stderr
     bad = _run(run, SEGRT_PREPOST="fast")
     assert bad.returncode == 2 and "must be 'native' or 'reference'" in bad.stderr
-    info = _run(f"from segrt.runtime.cli import main; main(['info', {str(tmp_path / 'b')!r}])", SEGRT_PREPOST="reference")
+    info = _run(f"from segrt.runtime.cli import main; main(['info', '--json', {str(tmp_path / 'b')!r}])", SEGRT_PREPOST="reference")
     assert '"prepost": "reference"' in info.stdout
 
 
