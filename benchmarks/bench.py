@@ -21,6 +21,7 @@ import numpy as np
 from segrt.runtime.errors import BackendUnavailableError, InvalidInputError
 from segrt.runtime.manifest import read_manifest
 from segrt.runtime.semantic import Segmenter
+from segrt.runtime.tasks import task_for
 
 log = logging.getLogger("segrt")
 
@@ -366,7 +367,7 @@ def precision_variant(bundle: Path, precision: str) -> Path:
     out = cache_dir() / "variants" / f"{Path(bundle).name}-{sha256_file(Path(bundle) / m.model_file)[:12]}-{precision}"
     if not (out / "segrt.json").is_file():
         log.warning("making the %s variant of %s into %s (once)", precision, bundle, out)
-        calib = _calibration_photos() if precision == "int8" and m.task != "sam" else None
+        calib = _calibration_photos() if precision == "int8" and task_for(m.task).int8_calibrated else None
         quantize_bundle(Path(bundle), out, QuantizeConfig(precision, calib=calib, samples=8, min_score=0.0), force=True)
     return out
 

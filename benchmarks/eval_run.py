@@ -20,8 +20,7 @@ import numpy as np
 from segrt.runtime.errors import InvalidInputError
 from segrt.runtime.image import list_images, read_image
 from segrt.runtime.loader import load
-
-from .evaluate import coco_evaluate, confusion, iou_summary, match_instances
+from segrt.runtime.tasks import task_for
 
 
 @dataclass(frozen=True)
@@ -42,10 +41,7 @@ class Row:
     device: str
     model: Any
     reference: bool = False
-    conf: np.ndarray | None = None
-    coco: list[dict[str, Any]] = field(default_factory=list)
-    agree: list[float] = field(default_factory=list)  # per image: pixel agreement or mean matched mask IoU
-    matched: list[float] = field(default_factory=list)  # per image: fraction of reference instances matched
+    state: Any = None  # the task evaluator's accumulator for this row (Task.evaluator(...).start)
     ms: list[float] = field(default_factory=list)
 
     @property
@@ -91,29 +87,6 @@ class Dataset:
         return lab
 
 
-def _semantic(row: Row, ds: Dataset, image: np.ndarray, path: Path, ref: Any) -> Any:
-    res = row.model(image)
-    n = row.model.manifest.num_classes
-    if row.conf is None:
-        row.conf = np.zeros((n, n), np.int64)
-    row.conf += confusion(res.label_map, ds.truth(path), n)
-    if ref is not None:
-        row.agree.append(float((res.label_map == ref.label_map).mean()))
-    return res
-
-
-def _instance(row: Row, ds: Dataset, image: np.ndarray, path: Path, ref: Any) -> Any:
-    res = row.model(image)
-    if path.name not in ds.ids:
-        raise InvalidInputError(f"{path.name} is not listed in {ds.coco}")
-    row.coco += res.to_coco(ds.ids[path.name])
-    if ref is not None:
-        pairs = [p for p in match_instances(ref.labels, ref.masks, res.labels, res.masks) if p[2] >= 0.5]
-        row.matched.append(len(pairs) / len(ref) if len(ref) else float(len(res) == 0))
-        row.agree.append(float(np.mean([p[2] for p in pairs])) if pairs else float(len(ref) == len(res) == 0))
-    return res
-
-
 def evaluate(bundles: list[Path], devices: list[str], data: Path, reference: Path | None = None,
              tolerances: Tolerances = Tolerances(), threads: int | None = None,
              score_threshold: float | None = None) -> dict[str, Any]:
@@ -130,11 +103,9 @@ def evaluate(bundles: list[Path], devices: list[str], data: Path, reference: Pat
     if len(tasks) != 1:
         raise InvalidInputError(f"all bundles of one evaluation must share a task; got {sorted(tasks)}")
     task = tasks.pop()
-    if task == "semantic" and ds.labels is None:
-        raise InvalidInputError(f"semantic bundles are scored against {data}/labels/<stem>.png; there is none")
-    if task == "instance" and ds.coco is None:
-        raise InvalidInputError(f"instance bundles are scored against {data}/annotations.json; there is none")
-    step = _semantic if task == "semantic" else _instance
+    evaluator = task_for(task).evaluator(ds, tolerances)  # refuses data without this task's ground truth
+    for row in rows:
+        row.state = evaluator.start(row.model)
     from tqdm import tqdm
 
     for path in tqdm(ds.images, unit="img", disable=len(ds.images) < 5):
@@ -142,54 +113,38 @@ def evaluate(bundles: list[Path], devices: list[str], data: Path, reference: Pat
         ref = None
         for row in rows:
             t0 = time.perf_counter()
-            res = step(row, ds, image, path, None if row.reference else ref)
+            res = evaluator.step(row.state, row.model, image, path, None if row.reference else ref)
             row.ms.append((time.perf_counter() - t0) * 1e3)
             if row.reference:
                 ref = res
     return {"task": task, "data": str(data), "images": len(ds.images), "tolerances": tolerances.__dict__,
             "score_threshold": score_threshold,
-            "rows": [_summary(r, task, ds, tolerances, any(x.reference for x in rows)) for r in rows]}
+            "rows": [_summary(r, evaluator, any(x.reference for x in rows)) for r in rows]}
 
 
-def _summary(row: Row, task: str, ds: Dataset, tol: Tolerances, compared: bool) -> dict[str, Any]:
+def _summary(row: Row, evaluator: Any, compared: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"bundle": str(row.bundle), "label": row.label, "device": row.model.device,
                            "backend": row.model.runner.name, "precision": row.model.manifest.precision,
                            "reference": row.reference, "mean_ms": float(np.mean(row.ms))}
-    if task == "semantic":
-        assert row.conf is not None
-        out["accuracy"] = iou_summary(row.conf, row.model.manifest.classes)
-    else:
-        assert ds.coco is not None
-        out["accuracy"] = coco_evaluate(ds.coco, row.coco)
+    out["accuracy"] = evaluator.accuracy(row.state, row.model)
     if compared and not row.reference:
-        if task == "semantic":
-            agree = float(np.mean(row.agree))
-            out["agreement"] = {"pixel_agreement": agree, "min_image_pixel_agreement": float(np.min(row.agree))}
-            out["passed"] = agree >= tol.min_pixel_agreement
-        else:
-            iou, frac = float(np.mean(row.agree)), float(np.mean(row.matched))
-            out["agreement"] = {"mean_matched_mask_iou": iou, "match_fraction": frac}
-            out["passed"] = iou >= tol.min_mask_iou and frac >= tol.min_match_fraction
+        out["agreement"], out["passed"] = evaluator.agreement(row.state)
     return out
 
 
 def table(result: dict[str, Any]) -> str:
     """One Markdown table for the run: accuracy per row, agreement with the reference, pass/fail."""
-    semantic = result["task"] == "semantic"
-    head = ("| bundle | device | mIoU | pixel acc | vs reference | ms/img |" if semantic
-            else "| bundle | device | box AP | mask AP | vs reference | ms/img |")
+    evaluator = task_for(result["task"]).evaluator(None, None)  # the columns only
+    head = f"| bundle | device | {evaluator.columns[0]} | {evaluator.columns[1]} | vs reference | ms/img |"
     lines = [head, "|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        acc = r["accuracy"]
-        a, b = ((acc["miou"], acc["pixel_accuracy"]) if semantic else (acc["box"]["AP"], acc["mask"]["AP"]))
+        a, b = evaluator.cells(r["accuracy"])
         if r["reference"]:
             vs = "reference"
         elif "agreement" not in r:
             vs = "-"
         else:
-            ag = r["agreement"]
-            vs = (f"{ag['pixel_agreement']:.4%} pixels" if semantic else
-                  f"mask IoU {ag['mean_matched_mask_iou']:.3f}, {ag['match_fraction']:.1%} matched")
+            vs = evaluator.versus(r["agreement"])
             vs += " PASS" if r["passed"] else " FAIL"
         lines.append(f"| {r['label']} | {r['device']} ({r['backend']}) | {a:.4f} | {b:.4f} | {vs} | {r['mean_ms']:.1f} |")
     tol = result["tolerances"]

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from segrt.runtime.errors import SegrtError
+from segrt.runtime.tasks import task_for
 
 from . import gpu_check_report as report
 from .gpu_check_jobs import bench_cuda, export_all, wait_fp16
@@ -106,11 +107,12 @@ def photos(size: tuple[int, int] | None = None, count: int = 4) -> dict[str, np.
 def _photos_for(family: Family, plan: Plan) -> dict[str, np.ndarray]:
     """Parity photos: semantic ones at the plan's size (one fixed shape, as CUDA graphs need), the others
     at their own sizes (Mask R-CNN and SAM resize inside their preprocessing)."""
-    return photos(plan.size, plan.count) if family.task == "semantic" else photos(None, plan.count)
+    return photos(None, plan.count) if task_for(family.task).resizes_input else photos(plan.size, plan.count)
 
 
 def _timing(family: Family, variant: Path | None, device: str, steps: Steps, plan: Plan) -> dict[str, Any]:
-    images = list((photos(plan.size, plan.count) if family.task != "sam" else photos(None, plan.count)).values())
+    at_size = task_for(family.task).timed_at_bench_size
+    images = list((photos(plan.size, plan.count) if at_size else photos(None, plan.count)).values())
     threads = plan.threads
     models = {f"segrt fp32 {device}": open_model(family.bundle, device, threads)}
     if variant is not None:
@@ -133,7 +135,7 @@ def _timing(family: Family, variant: Path | None, device: str, steps: Steps, pla
         base = f"torch eager {device}" if f"torch eager {device}" in sides else base
     timing = interleaved(sides, plan.rounds[family.task], warmup=3,
                          deadline=steps.step_deadline(plan.budgets["timing"] // 4), base=base)
-    size = "x".join(map(str, images[0].shape[:2])) if family.task != "sam" else "photos' own"
+    size = "x".join(map(str, images[0].shape[:2])) if at_size else "photos' own"
     return {"family": family.name, "size": size, "base": base, "skipped": skipped, **timing}
 
 

@@ -1,13 +1,12 @@
 """The GPU check's measurements: provider parity, I/O binding on vs off, and ONNX Runtime's CUDA graphs.
 
-Parity uses the quantize gate's own scorers (``export.quant_gate``): pixel agreement of the label maps for
-semantic models, mean matched mask IoU for Mask R-CNN (matched by ``runtime.matching``) and for SAM (9 point
-prompts per photo), on scikit-image's photos. The reference is always the FP32 bundle on the CPU provider.
+Parity uses the quantize gate's own scores (each task's ``gate_score``, ``runtime/tasks``): pixel agreement of
+the label maps for semantic models, mean matched mask IoU for Mask R-CNN (matched by ``runtime.matching``) and for
+SAM (9 point prompts per photo), on scikit-image's photos. The reference is always the FP32 bundle on the CPU provider.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,12 @@ from segrt.runtime.backends import RunnerOptions
 from segrt.runtime.errors import BackendUnavailableError
 from segrt.runtime.loader import load
 from segrt.runtime.manifest import read_manifest
+from segrt.runtime.tasks import task_for
 
 from .gpu_check_timing import interleaved
 
-#: task -> (scorer, metric, FP32 minimum): `segrt eval`'s default tolerances (0.99 agreement, 0.9 mask IoU).
-SCORERS: dict[str, tuple[Callable[..., dict[str, float]], str, float]] = {
-    "semantic": (quant_gate._score_semantic, "pixel_agreement", 0.99),
-    "instance": (quant_gate._score_instance, "mask_iou", 0.90),
-    "sam": (quant_gate._score_sam, "mask_iou", 0.90),
-}
+#: task -> FP32 minimum of its gate metric: `segrt eval`'s default tolerances (0.99 agreement, 0.9 mask IoU).
+FP32_MIN = {"semantic": 0.99, "instance": 0.90, "sam": 0.90}
 #: I/O binding changes where tensors live, not the arithmetic: near-identical results are required.
 BINDING_MIN = {"semantic": 0.999, "instance": 0.99, "sam": 0.99}
 
@@ -95,21 +91,18 @@ class Family:
 
 def open_model(bundle: Path, device: str, threads: int | None = None, cache: bool = False, **options: Any) -> Any:
     """A predictor for ``bundle`` on ``device``; SAM's embedding cache only with ``cache`` (timed calls encode)."""
-    extra = {"cache_bytes": 0} if read_manifest(bundle).task == "sam" and not cache else {}
+    extra = {} if cache else task_for(read_manifest(bundle).task).uncached()
     return load(bundle, device, threads=threads, options=RunnerOptions(**options) if options else None, **extra)
 
 
 def run_once(model: Any, image: np.ndarray) -> Any:
     """One end-to-end call as a user makes it: segment the photo, or for SAM encode it and ask one point."""
-    if hasattr(model, "set_image"):
-        model.set_image(image)
-        h, w = image.shape[:2]
-        return model.predict(np.array([[0.45 * w, 0.4 * h]]), np.array([1]))
-    return model(image)
+    return task_for(model.manifest.task).timed_call(model, image)
 
 
 class _Memo:
-    """The CPU reference's result per photo, computed once for all comparisons (SAM caches embeddings itself)."""
+    """The CPU reference's result per photo, computed once for all comparisons (SAM's gate score calls its
+    set_image and predict_batch, passed through: it caches embeddings itself)."""
 
     def __init__(self, model: Any) -> None:
         self._model, self._seen = model, {}
@@ -125,22 +118,21 @@ class _Memo:
 
 
 def reference(family: Family, threads: int | None) -> Any:
-    model = open_model(family.bundle, "cpu", threads, cache=True)
-    return model if hasattr(model, "set_image") else _Memo(model)
+    return _Memo(open_model(family.bundle, "cpu", threads, cache=True))
 
 
 def score(ref: Any, var: Any, task: str, photos: dict[str, np.ndarray]) -> tuple[float, dict[str, Any]]:
-    scorer, metric, _ = SCORERS[task]
-    per_image = {name: scorer(ref, var, image) for name, image in photos.items()}
-    return float(np.mean([s[metric] for s in per_image.values()])), per_image
+    t = task_for(task)
+    per_image = {name: t.gate_score(ref, var, image) for name, image in photos.items()}
+    return float(np.mean([s[t.gate_metric] for s in per_image.values()])), per_image
 
 
 def parity(family: Family, variant: Path, device: str, ref: Any, photos: dict[str, np.ndarray],
            threads: int | None = None) -> dict[str, Any]:
     """``variant`` on ``device`` against the FP32 bundle on the CPU provider."""
     task, m = family.task, read_manifest(variant)
-    _, metric, fp32_min = SCORERS[task]
-    minimum = fp32_min if m.precision == "fp32" else DEFAULT_MIN[task]
+    metric = task_for(task).gate_metric
+    minimum = FP32_MIN[task] if m.precision == "fp32" else DEFAULT_MIN[task]
     value, per_image = score(ref, open_model(variant, device, threads), task, photos)
     row = {"family": family.name, "precision": m.precision, "device": device, "reference": "fp32 on cpu",
            "metric": metric, "score": value, "minimum": minimum, "passed": value >= minimum, "images": len(photos),
@@ -157,12 +149,12 @@ def io_binding(family: Family, device: str, photos: dict[str, np.ndarray], round
     on = open_model(family.bundle, device, threads, io_binding=True)
     off = open_model(family.bundle, device, threads, io_binding=False)
     task = family.task
-    value, per_image = score(on if hasattr(on, "set_image") else _Memo(on), off, task, photos)
+    value, per_image = score(_Memo(on), off, task, photos)
     images = list(photos.values())
     timing = interleaved({"binding on": lambda i: run_once(on, images[i % len(images)]),
                           "binding off": lambda i: run_once(off, images[i % len(images)])},
                          rounds, warmup=2, deadline=deadline, base="binding off")
-    return {"family": family.name, "device": device, "metric": SCORERS[task][1], "score": value,
+    return {"family": family.name, "device": device, "metric": task_for(task).gate_metric, "score": value,
             "minimum": BINDING_MIN[task], "passed": value >= BINDING_MIN[task], "per_image": per_image,
             "sides": timing["sides"], "ratio": timing["ratios"].get("binding on")}
 

@@ -11,6 +11,7 @@ import numpy as np
 from segrt.runtime.errors import InvalidInputError
 from segrt.runtime.image import IMAGE_SUFFIXES, list_images, read_image
 from segrt.runtime.manifest import Manifest
+from segrt.runtime.tasks import task_for
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".webm")
 GATE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -54,20 +55,10 @@ def _model(bundle: Path) -> Any:
 
 
 def calibration_feeds(bundle: Path, m: Manifest, images: list[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-    """The model file's input feeds for each image, made by the runtime's own preprocessing."""
-    model = _model(bundle)
+    """The model file's input feeds for each image, made by the runtime's own preprocessing (the task's)."""
+    model, task = _model(bundle), task_for(m.task)
     for image in images:
-        if m.task == "semantic":
-            tensor, _ = model.preprocess([model.prepare(image)])
-            yield {m.input.name: tensor}
-        elif m.task == "instance":
-            feeds, _ = model.preprocess(model.prepare(image))
-            yield feeds
-        else:
-            from segrt.runtime.sam import to_uint8_rgb
-
-            x, _ = model.preprocess(to_uint8_rgb(image))
-            yield {m.input.name: x}
+        yield task.calibration_feeds(model, image)
 
 
 def _gate_images(eval_images: Path | None) -> tuple[list[str], list[np.ndarray]]:
@@ -78,48 +69,13 @@ def _gate_images(eval_images: Path | None) -> tuple[list[str], list[np.ndarray]]
     return [f"skimage.data.{n}" for n in GATE_PHOTOS], [getattr(skimage.data, n)() for n in GATE_PHOTOS]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def _score_semantic(ref: Any, var: Any, image: np.ndarray) -> dict[str, float]:
-    a, b = ref(image).label_map, var(image).label_map
-    return {"pixel_agreement": float((a == b).mean())}
-
-
-def _score_instance(ref: Any, var: Any, image: np.ndarray) -> dict[str, float]:
-    from segrt.runtime.matching import match_instances
-
-    a, b = ref(image), var(image)
-    if len(a) == 0:
-        return {"mask_iou": 1.0 if len(b) == 0 else 0.0, "reference_instances": 0}
-    pairs = match_instances(a.labels, a.masks, b.labels, b.masks)
-    ious = [iou for _, _, iou in pairs] + [0.0] * (len(a) - len(pairs))
-    return {"mask_iou": float(np.mean(ious)), "reference_instances": len(a)}
-
-
-def _score_sam(ref: Any, var: Any, image: np.ndarray) -> dict[str, float]:
-    from segrt.runtime.sam import to_uint8_rgb
-
-    rgb = to_uint8_rgb(image)
-    h, w = rgb.shape[:2]
-    grid = (np.stack(np.meshgrid(np.linspace(0.2, 0.8, 3), np.linspace(0.2, 0.8, 3)), -1).reshape(-1, 2) * [w, h])
-    ref.set_image(rgb)
-    var.set_image(rgb)
-    a, _, _ = ref.predict_batch(grid[:, None], np.ones((9, 1), np.int64), multimask_output=False)
-    b, _, _ = var.predict_batch(grid[:, None], np.ones((9, 1), np.int64), multimask_output=False)
-    return {"mask_iou": float(np.mean([_iou(x, y) for x, y in zip(a[:, 0], b[:, 0])]))}
-
-
 def accuracy_gate(reference: Path, variant: Path, eval_images: Path | None, minimum: float) -> dict[str, Any]:
     """Variant against FP32 on held-out images: per image and mean; ``passed`` when mean >= minimum."""
     ref, var = _model(reference), _model(variant)
-    task = ref.manifest.task
-    scorer, metric = {"semantic": (_score_semantic, "pixel_agreement"), "instance": (_score_instance, "mask_iou"),
-                      "sam": (_score_sam, "mask_iou")}[task]
+    task = task_for(ref.manifest.task)
+    metric = task.gate_metric
     names, images = _gate_images(eval_images)
-    per_image = {name: scorer(ref, var, image) for name, image in zip(names, images)}
+    per_image = {name: task.gate_score(ref, var, image) for name, image in zip(names, images)}
     score = float(np.mean([s[metric] for s in per_image.values()]))
     return {"metric": metric, "score": score, "minimum": minimum, "passed": score >= minimum, "images": len(names),
             "source": str(eval_images) if eval_images else "scikit-image photos " + ", ".join(GATE_PHOTOS),

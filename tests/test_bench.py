@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from segrt.benchmarks.bench import BenchConfig, bench_model, percentiles
-from segrt.benchmarks.commands import markdown
+from segrt.benchmarks.report import markdown
 from segrt.benchmarks.machine import describe
 from segrt.export.importer import ImportConfig, import_onnx
 from segrt.runtime.cli import main
@@ -197,3 +197,19 @@ def test_stream_bench_pairs_sequential_and_pipelined_runs(tmp_path) -> None:
     assert r["precision"] == "fp32" and r["workers"] == (2 if (os.cpu_count() or 1) >= 2 else 1)
     row = next(line for line in (tmp_path / "stream.md").read_text().splitlines() if line.startswith("| ocr |"))
     assert f"{r['speedup']:.2f}x" in row and ("NOT met" in row) == (r["speedup"] < 1.3)
+
+
+def test_a_sam_bundle_is_refused_before_anything_is_timed(sam_tiny, tmp_path, capsys, monkeypatch) -> None:
+    """`segrt bench A SAM_BUNDLE` timed A, then failed on the SAM bundle and threw A's row away: every bundle's
+    task is now checked first, and a SAM bundle is refused in one line naming the mode that times SAM."""
+    from segrt.benchmarks import bench
+
+    import_onnx(ImportConfig(model=PPOCR, threshold=0.3), tmp_path / "ocr")
+    timed: list[object] = []
+    monkeypatch.setattr(bench, "bench_model", lambda *a, **k: timed.append(a) or {})
+    out = tmp_path / "result.json"
+    assert main(["bench", str(tmp_path / "ocr"), str(sam_tiny.bundle), "--baseline", "none", "--warmup", "0",
+                 "--iters", "1", "--json", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sam bundles" in err[0] and "--sam" in err[0], err
+    assert not timed and not out.exists()

@@ -74,3 +74,63 @@ def test_pairwise_ious_and_matching() -> None:
     pairs = match_instances(np.array([1, 1]), a, np.array([1, 1]), b)
     assert pairs == [(0, 1, 1.0), (1, 0, 0.5)]
     assert match_instances(np.array([1, 2]), a, np.array([1, 2]), b) == []  # overlapping pairs differ in label
+
+
+class _Labels:
+    """A stand-in semantic model: its label map is fixed, whatever the image."""
+
+    def __init__(self, label_map: np.ndarray, classes: tuple[str, ...]) -> None:
+        from types import SimpleNamespace
+
+        self.label_map = label_map
+        self.manifest = SimpleNamespace(num_classes=len(classes), classes=classes)
+
+    def __call__(self, image: np.ndarray) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(label_map=self.label_map)
+
+
+def test_the_semantic_evaluator_scores_rows_and_their_agreement(tmp_path: Path) -> None:
+    import cv2
+
+    from segrt.benchmarks.eval_run import Dataset, Tolerances, table
+    from segrt.runtime.tasks import task_for
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    truth = np.zeros((4, 4), np.uint8)
+    truth[:, 2:] = 1
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "labels" / "a.png"), truth)
+    ds = Dataset.open(tmp_path)
+    ev = task_for("semantic").evaluator(ds, Tolerances(min_pixel_agreement=0.9))
+    good, off = _Labels(truth, ("bg", "fg")), _Labels(np.zeros_like(truth), ("bg", "fg"))
+    ref_state, off_state = ev.start(good), ev.start(off)
+    ref = ev.step(ref_state, good, np.zeros((4, 4, 3), np.uint8), ds.images[0], None)
+    ev.step(off_state, off, np.zeros((4, 4, 3), np.uint8), ds.images[0], ref)
+    assert ev.accuracy(ref_state, good)["miou"] == 1.0
+    assert ev.accuracy(off_state, off)["pixel_accuracy"] == 0.5
+    agreement, passed = ev.agreement(off_state)
+    assert agreement == {"pixel_agreement": 0.5, "min_image_pixel_agreement": 0.5} and not passed
+    row = {"label": "b", "device": "cpu", "backend": "x", "reference": False, "mean_ms": 1.0,
+           "accuracy": ev.accuracy(off_state, off), "agreement": agreement, "passed": passed}
+    text = table({"task": "semantic", "rows": [row], "images": 1, "data": str(tmp_path),
+                  "tolerances": Tolerances().__dict__})
+    assert "| mIoU | pixel acc |" in text and "50.0000% pixels FAIL" in text
+
+
+def test_each_evaluator_refuses_data_without_its_ground_truth(tmp_path: Path) -> None:
+    from segrt.benchmarks.eval_run import Dataset, Tolerances
+    from segrt.runtime.tasks import task_for
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"")  # listed, never read
+    ds = Dataset.open(tmp_path)
+    with pytest.raises(InvalidInputError, match="instance bundles are scored against .*annotations.json"):
+        task_for("instance").evaluator(ds, Tolerances())
+    with pytest.raises(InvalidInputError, match="semantic bundles are scored against .*labels"):
+        task_for("semantic").evaluator(Dataset(ds.root, ds.images, None, tmp_path / "a.json", {}), Tolerances())
+    with pytest.raises(InvalidInputError, match="SAM has no such metric"):
+        task_for("sam").evaluator(ds, Tolerances())

@@ -74,11 +74,33 @@ class Task:
 
     # -- segrt eval --------------------------------------------------------------------------------------
     def evaluator(self, dataset: Any, tolerances: Any) -> Any:
-        """Accumulates one row's accuracy (and agreement with a reference row) over ``segrt eval``'s images."""
+        """Accumulates one row's accuracy (and agreement with a reference row) over ``segrt eval``'s images:
+        ``start(model)``, ``step(state, model, image, path, reference)``, ``accuracy(state, model)``,
+        ``agreement(state)``, and for the table ``columns``, ``cells(accuracy)``, ``versus(agreement)``
+        (see ``benchmarks/eval_run.py``). It refuses a dataset without this task's ground truth; ``dataset``
+        None: the table of a finished run only."""
         raise self._missing("evaluator")
 
     # -- segrt bench and gpu-check -------------------------------------------------------------------
-    # (hooks the benchmarks need are added here)
+    #: ``segrt bench BUNDLE`` times this task's bundles row by row; otherwise the one line that says what
+    #: times them instead (refused before anything is timed)
+    bench_instead: ClassVar[str | None] = None
+    #: the predictor resizes every image to its graph's own input size (Mask R-CNN, SAM), so gpu-check's
+    #: parity and CUDA-graph photos go in at their own sizes; False: resized to one fixed shape first
+    resizes_input: ClassVar[bool] = False
+    #: segrt bench and gpu-check's timing resize their photos to the bench size (False: their own sizes)
+    timed_at_bench_size: ClassVar[bool] = True
+    #: INT8 variants are calibrated on images (False: quantized dynamically, no calibration photos)
+    int8_calibrated: ClassVar[bool] = True
+
+    def uncached(self) -> dict[str, Any]:
+        """``load()`` options that turn the predictor's own result cache off, so every timed call computes
+        (SAM: its embedding cache); none by default."""
+        return {}
+
+    def timed_call(self, predictor: Any, image: np.ndarray) -> Any:
+        """One end-to-end call as a user makes it (gpu-check's timing): by default, segment the image."""
+        return predictor(image)
 
     # -- serving (segrt triton / segrt serve) ---------------------------------------------------------
     # (hooks the serving stages need are added here)

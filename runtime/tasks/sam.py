@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..sam import SamPredictor
 from .base import Task
 
 
@@ -12,6 +18,52 @@ class SamTask(Task):
     # -- runtime: load, segrt run/info/stream, serving ---------------------------------------------
 
     # -- quantization gate, calibration and segrt eval ----------------------------------------------
+    gate_metric = "mask_iou"
+
+    def calibration_feeds(self, predictor: SamPredictor, image: np.ndarray) -> dict[str, np.ndarray]:
+        """The image encoder's input (the decoder is calibrated by nothing: SAM's INT8 is dynamic)."""
+        from ..sam import to_uint8_rgb
+
+        x, _ = predictor.preprocess(to_uint8_rgb(image))
+        return {predictor.manifest.input.name: x}
+
+    def gate_score(self, reference: SamPredictor, variant: SamPredictor, image: np.ndarray) -> dict[str, float]:
+        """Mean mask IoU over a 3x3 grid of single-point prompts (one mask each)."""
+        from ..sam import to_uint8_rgb
+
+        rgb = to_uint8_rgb(image)
+        h, w = rgb.shape[:2]
+        grid = (np.stack(np.meshgrid(np.linspace(0.2, 0.8, 3), np.linspace(0.2, 0.8, 3)), -1).reshape(-1, 2) * [w, h])
+        reference.set_image(rgb)
+        variant.set_image(rgb)
+        a, _, _ = reference.predict_batch(grid[:, None], np.ones((9, 1), np.int64), multimask_output=False)
+        b, _, _ = variant.predict_batch(grid[:, None], np.ones((9, 1), np.int64), multimask_output=False)
+        return {"mask_iou": float(np.mean([_iou(x, y) for x, y in zip(a[:, 0], b[:, 0])]))}
+
+    def evaluator(self, dataset: Any, tolerances: Any) -> Any:
+        raise InvalidInputError("segrt eval scores semantic and instance bundles against ground truth; SAM has no "
+                                "such metric yet (segrt quantize's gate compares SAM variants on point prompts)")
+
+    # -- segrt bench and gpu-check ---------------------------------------------------------------------
+    bench_instead = "time SAM with `segrt bench --sam VARIANT` (vit_b, vit_l, vit_h, tiny; against segment-anything)"
+    resizes_input = True  # longest side to the encoder's size, inside preprocessing
+    timed_at_bench_size = False  # SAM is timed on the photos at their own sizes
+    int8_calibrated = False  # INT8 is dynamic (quantized at run time): no calibration photos
+
+    def uncached(self) -> dict[str, Any]:
+        return {"cache_bytes": 0}  # no embedding cache: every timed set_image encodes
+
+    def timed_call(self, predictor: SamPredictor, image: np.ndarray) -> Any:
+        """Encode the photo and ask one point, as a user does."""
+        predictor.set_image(image)
+        h, w = image.shape[:2]
+        return predictor.predict(np.array([[0.45 * w, 0.4 * h]]), np.array([1]))
+
 
 
 TASK = SamTask()
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0

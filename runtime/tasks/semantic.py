@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..semantic import SegmentationResult, Segmenter
 from .base import Task
 
 
@@ -12,6 +20,71 @@ class SemanticTask(Task):
     # -- runtime: load, segrt run/info/stream, serving ---------------------------------------------
 
     # -- quantization gate, calibration and segrt eval ----------------------------------------------
+    gate_metric = "pixel_agreement"
+
+    def calibration_feeds(self, predictor: Segmenter, image: np.ndarray) -> dict[str, np.ndarray]:
+        tensor, _ = predictor.preprocess([predictor.prepare(image)])
+        return {predictor.manifest.input.name: tensor}
+
+    def gate_score(self, reference: Segmenter, variant: Segmenter, image: np.ndarray) -> dict[str, float]:
+        a, b = reference(image).label_map, variant(image).label_map
+        return {"pixel_agreement": float((a == b).mean())}
+
+    def evaluator(self, dataset: Any, tolerances: Any) -> SemanticEvaluator:
+        return SemanticEvaluator(dataset, tolerances)
+
 
 
 TASK = SemanticTask()
+
+
+# -- segrt eval (TASK.evaluator) ------------------------------------------------------------------------
+@dataclass
+class _SemanticScores:
+    conf: np.ndarray  # confusion matrix over every image, rows = truth
+    agree: list[float] = field(default_factory=list)  # per image: pixel agreement with the reference row
+
+
+class SemanticEvaluator:
+    """``segrt eval`` for semantic bundles: a confusion matrix against ``labels/<stem>.png`` (mIoU, pixel
+    accuracy), and the fraction of pixels labelled as the reference row labels them."""
+
+    columns = ("mIoU", "pixel acc")
+
+    def __init__(self, dataset: Any, tolerances: Any) -> None:
+        if dataset is not None and dataset.labels is None:
+            raise InvalidInputError(f"semantic bundles are scored against {dataset.root}/labels/<stem>.png; "
+                                    "there is none")
+        self.dataset, self.tolerances = dataset, tolerances
+
+    def start(self, model: Segmenter) -> _SemanticScores:
+        n = model.manifest.num_classes
+        return _SemanticScores(np.zeros((n, n), np.int64))
+
+    def step(self, state: _SemanticScores, model: Segmenter, image: np.ndarray, path: Path,
+             reference: SegmentationResult | None) -> SegmentationResult:
+        from segrt.benchmarks.evaluate import confusion
+
+        res = model(image)
+        state.conf += confusion(res.label_map, self.dataset.truth(path), model.manifest.num_classes)
+        if reference is not None:
+            state.agree.append(float((res.label_map == reference.label_map).mean()))
+        return res
+
+    def accuracy(self, state: _SemanticScores, model: Segmenter) -> dict[str, Any]:
+        from segrt.benchmarks.evaluate import iou_summary
+
+        return iou_summary(state.conf, model.manifest.classes)
+
+    def agreement(self, state: _SemanticScores) -> tuple[dict[str, float], bool]:
+        agree = float(np.mean(state.agree))
+        return ({"pixel_agreement": agree, "min_image_pixel_agreement": float(np.min(state.agree))},
+                agree >= self.tolerances.min_pixel_agreement)
+
+    @staticmethod
+    def cells(accuracy: dict[str, Any]) -> tuple[float, float]:
+        return accuracy["miou"], accuracy["pixel_accuracy"]
+
+    @staticmethod
+    def versus(agreement: dict[str, float]) -> str:
+        return f"{agreement['pixel_agreement']:.4%} pixels"

@@ -1,0 +1,248 @@
+"""``segrt bench``: the README's main job, and its other modes (--compare, --sam, --precisions, --stream,
+--prepost), one function each. Bundles are timed row by row through the row bench of their task (``ROWS``);
+a bundle whose task has none is refused before anything is timed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from segrt.runtime.cli import int_at_least, size_arg
+from segrt.runtime.errors import InvalidInputError
+from segrt.runtime.manifest import read_manifest, write_json_atomic, write_text_atomic
+from segrt.runtime.tasks import task_for
+
+from .cli_args import baselines, batches, devices, precisions
+
+log = logging.getLogger("segrt")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _bench_compare(args)
+    cfg = _bench_config(args)
+    modes: tuple[tuple[Any, Callable[[argparse.Namespace, Any], int]], ...] = (
+        (args.sam, _bench_sam), (args.precisions, _bench_precisions), (args.stream, _bench_stream),
+        (args.prepost, _bench_prepost))
+    for flag, mode in modes:
+        if flag:
+            return mode(args, cfg)
+    return _bench_bundles(args, cfg)
+
+
+def _bench_compare(args: argparse.Namespace) -> int:
+    from .report import compare, load_result
+
+    print(compare(load_result(args.compare[0]), load_result(args.compare[1])))
+    return 0
+
+
+def _bench_config(args: argparse.Namespace) -> Any:
+    from .bench import BenchConfig
+
+    sizes = args.size or [(512, 512)]
+    return BenchConfig(size=sizes[0], warmup=args.warmup, iters=args.iters, seconds=args.seconds, threads=args.threads,
+                       baseline="torch" in args.baseline, compile="compile" in args.baseline, device=args.device[0])
+
+
+# -- the rows: every bundle x device x precision x size x batch ------------------------------------------
+def _semantic_row(variant: Path, cfg: Any, precision: str, torch_cache: dict[Any, Any]) -> dict[str, Any] | None:
+    from .bench import bench_model
+
+    return bench_model(variant, cfg, torch_cache)
+
+
+def _instance_row(variant: Path, cfg: Any, precision: str, torch_cache: dict[Any, Any]) -> dict[str, Any] | None:
+    from .bench_instance import bench_instance
+
+    if cfg.batch != 1:
+        return None  # one image per call: Mask R-CNN's graph takes a single image
+    # seconds per image on a small CPU: fewer iterations, same warm-up rule
+    icfg = replace(cfg, iters=max(3, cfg.iters // 4), warmup=min(cfg.warmup, 1))
+    return bench_instance(variant, icfg, in_graph_paste=precision == "fp32" and cfg.device != "tensorrt",
+                          torch_cache=torch_cache)
+
+
+#: task name -> its row bench (bundle, config, precision, PyTorch cache) -> row, or None where the row does not
+#: apply; a task segrt bench times row by row adds its entry here
+ROWS: dict[str, Callable[[Path, Any, str, dict[Any, Any]], dict[str, Any] | None]] = {
+    "semantic": _semantic_row, "instance": _instance_row}
+
+
+def refuse_untimed(bundles: list[Path]) -> None:
+    """Every bundle's task has a row bench, checked before any is timed (one line naming what times it instead)."""
+    for bundle in bundles:
+        task = task_for(read_manifest(bundle).task)
+        if task.bench_instead is not None or task.name not in ROWS:
+            hint = task.bench_instead or f"it times {', '.join(ROWS)} bundles"
+            raise InvalidInputError(f"segrt bench does not time {task.name} bundles row by row ({bundle}); {hint}")
+
+
+def _bench_bundles(args: argparse.Namespace, cfg: Any) -> int:
+    from tqdm import tqdm
+
+    from .bench import QUICK_MODELS, ensure_bundle, precision_variant
+    from .bench_instance import ensure_instance_bundle
+    from .machine import describe
+
+    if not args.bundles and not args.quick:
+        raise InvalidInputError("name bundles to benchmark, or pass --quick for the default set")
+    refuse_untimed(list(args.bundles))
+    bundles = list(args.bundles) or [ensure_bundle(*m) for m in QUICK_MODELS]
+    if args.quick and not args.bundles:
+        bundles.append(ensure_instance_bundle())
+    sizes = args.size or [(512, 512)]
+    # every bundle x device x precision x size x batch; PyTorch once per model x device x size x batch
+    # without --precision each bundle is timed as it is (an INT8 bundle as INT8)
+    plan = [(b, d, p, z, n) for b in bundles for d in args.device
+            for p in (args.precision or [read_manifest(b).precision]) for z in sizes
+            for n in args.batch]
+    results, torch_cache = [], {}
+    for bundle, device, precision, size, batch in tqdm(plan, unit="row", file=sys.stderr):
+        variant = precision_variant(Path(bundle), precision)
+        row = ROWS[read_manifest(variant).task](variant, replace(cfg, device=device, size=size, batch=batch),
+                                                precision, torch_cache)
+        if row is not None:
+            results.append(row)
+    result = {"schema": 2, "machine": describe(cfg.threads), "config": _config(cfg, args, sizes), "results": results}
+    if args.quick and not args.bundles and not args.no_sam:
+        result["sam"] = [_quick_sam(args, cfg)]
+    if args.plot:
+        from .plot import plot_results
+
+        plot_results(result, args.plot)
+    from .report import markdown
+
+    return _emit(args, result, markdown(result))
+
+
+def _quick_sam(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    from .bench_sam import QUICK_SAM_POINTS, bench_sam
+
+    log.warning("timing SAM vit_b (seeded) encoder and decoder against segment-anything")
+    # seconds per call: 2 timed encoder and 64-prompt decoder calls after 1 warm-up, an 8x8 generator grid
+    return bench_sam("vit_b", replace(cfg, device=args.device[0], iters=min(cfg.iters, 10)), QUICK_SAM_POINTS)
+
+
+def _config(cfg: Any, args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict[str, Any]:
+    return {"warmup": cfg.warmup, "iters": cfg.iters, "seconds": cfg.seconds, "threads": cfg.threads, "baseline": args.baseline,
+            "devices": args.device, "precisions": args.precision or "as exported", "sizes": [list(z) for z in sizes],
+            "batches": args.batch, "size": list(cfg.size)}
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], table: str) -> int:
+    """Print the table; write the JSON and Markdown where asked."""
+    print(table)
+    if args.json:
+        write_json_atomic(args.json, result)
+    if args.markdown:
+        write_text_atomic(args.markdown, table)
+    return 0
+
+
+# -- the other modes ---------------------------------------------------------------------------------------
+def _bench_sam(args: argparse.Namespace, cfg: Any) -> int:
+    from .bench_sam import bench_sam, markdown_sam
+    from .machine import describe
+
+    if args.bundles or args.quick:
+        raise InvalidInputError("--sam times SAM alone; run bundles or --quick separately")
+    if args.amg_points < 1:
+        raise InvalidInputError(f"--amg-points must be >= 1; got {args.amg_points}")
+    result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
+              "results": [bench_sam(variant, cfg, args.amg_points, tuple(args.precision or ["fp32"])) for variant in args.sam]}
+    return _emit(args, result, markdown_sam(result))
+
+
+def _bench_precisions(args: argparse.Namespace, cfg: Any) -> int:
+    from .bench_precision import bench_precision, markdown_precision
+    from .machine import describe
+
+    result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
+              "results": [bench_precision(name, cfg) for name in args.precisions]}
+    return _emit(args, result, markdown_precision(result))
+
+
+def _bench_prepost(args: argparse.Namespace, cfg: Any) -> int:
+    import skimage.data
+
+    from segrt.runtime import kernels
+
+    from .bench import QUICK_MODELS, ensure_bundle
+    from .bench_prepost import bench_end_to_end, bench_kernels, markdown_prepost
+    from .bench_stream import ocr_bundle
+    from .machine import describe
+
+    if kernels.active() != "native":
+        kernels.use("native")  # a clear error when the extension is not built
+    photo = skimage.data.astronaut()
+    e2e = [bench_end_to_end(ensure_bundle(*QUICK_MODELS[0]), photo, (512, 512), max(5, cfg.iters // 2)),
+           bench_end_to_end(ocr_bundle((544, 960)), photo, (1080, 1920), cfg.iters)]
+    result = {"schema": 1, "machine": describe(cfg.threads), "native_threads": int(os.environ.get(
+              "SEGRT_NATIVE_THREADS", 0)) or min(os.cpu_count() or 1, 16), "kernels": bench_kernels(cfg.iters),
+              "end_to_end": e2e}
+    return _emit(args, result, markdown_prepost(result))
+
+
+def _bench_stream(args: argparse.Namespace, cfg: Any) -> int:
+    from .bench_stream import bench_stream, default_cases, markdown_stream, require_vtest
+    from .machine import describe
+
+    if args.quick:
+        raise InvalidInputError("--stream times the video pipeline alone; run --quick separately")
+    if args.stream_frames < 10:
+        raise InvalidInputError(f"--stream-frames must be >= 10; got {args.stream_frames}")
+    if args.bundles:
+        video = args.source or require_vtest()
+        cases = [(Path(b), video) for b in args.bundles]
+    else:
+        cases = default_cases(args.stream_frames)
+    result = {"schema": 1, "machine": describe(os.cpu_count() or 1), "config": {"frames": args.stream_frames},
+              "results": [bench_stream(b, v, args.stream_frames) for b, v in cases]}
+    return _emit(args, result, markdown_stream(result))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="latency per stage against PyTorch eager (needs segrt[export] for --quick)")
+    p.add_argument("bundles", nargs="*", type=Path, help="bundles to time (default with --quick: U-Net, DeepLabV3+)")
+    p.add_argument("--quick", action="store_true", help="export and time the default seeded models")
+    p.add_argument("--size", type=size_arg, nargs="+", help="HxW the real photos are resized to; several sweep (default 512x512)")
+    p.add_argument("--device", type=devices, default=["auto"],
+                   help="comma-separated devices for segrt (auto, cpu, cuda, tensorrt); PyTorch runs on cuda for cuda/tensorrt. "
+                   "A device this machine lacks gives a row that says why")
+    p.add_argument("--precision", type=precisions, default=None,
+                   help="comma-separated fp32,fp16,int8: variants of each FP32 bundle, made once (gated) into the cache "
+                   "(default: each bundle as it is)")
+    p.add_argument("--batch", type=batches, default=[1], help="comma-separated batch sizes (semantic bundles), e.g. 1,2,4")
+    p.add_argument("--warmup", type=int_at_least(0), default=3)
+    count = p.add_mutually_exclusive_group()
+    count.add_argument("--iters", type=int, default=20, help="timed runs per row (after --warmup)")
+    count.add_argument("--seconds", type=float, help="time each row for S seconds instead (at least 3 runs)")
+    p.add_argument("--threads", type=int_at_least(1), default=os.cpu_count() or 1, help="threads for both runtimes")
+    p.add_argument("--baseline", type=baselines, default=["torch"],
+                   help="comma-separated: torch (eager), compile (torch.compile too, where it works; minutes to compile), none")
+    p.add_argument("--no-sam", action="store_true", help="--quick without SAM vit_b (saves ~3 minutes)")
+    p.add_argument("--json", type=Path, help="write the full result (schema in the README)")
+    p.add_argument("--markdown", type=Path, help="write the table as Markdown")
+    p.add_argument("--plot", type=Path, help="write a PNG chart of latency by model (matplotlib)")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE.json", "AFTER.json"),
+                   help="print the after/before ratios of two --json results instead of benchmarking")
+    p.add_argument("--sam", nargs="+", choices=("vit_b", "vit_l", "vit_h", "tiny"),
+                   help="time SAM variants (seeded) against segment-anything: encoder, decoder, automatic masks")
+    p.add_argument("--precisions", nargs="+", metavar="FIXTURE",
+                   help="fp32 vs fp16 vs int8 of trained fixtures (e.g. unet deeplabv3plus): speed and agreement")
+    p.add_argument("--prepost", action="store_true", help="native pre/post kernels against their NumPy twin "
+                   "(and segrt 0.1's OpenCV code) at 1080p, and end-to-end semantic latency with each")
+    p.add_argument("--stream", action="store_true", help="pipelined video stream against a sequential loop "
+                   "(default: PP-OCR's detector, FP32 and calibrated INT8, on vtest.avi and on its 1080p upscale; "
+                   "3 pairs of runs, speedup = median pair ratio)")
+    p.add_argument("--source", type=Path, help="--stream: the video for the bundles named (default vtest.avi)")
+    p.add_argument("--stream-frames", type=int, default=200, help="--stream: frames per run")
+    p.add_argument("--amg-points", type=int_at_least(1), default=32, help="--sam: automatic mask generation points per side")
+    p.set_defaults(func=cmd_bench)
