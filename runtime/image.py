@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, Union
+from typing import IO, Literal, Union
 
 import cv2
 import numpy as np
@@ -26,13 +26,25 @@ _DTYPES = (np.uint8, np.uint16)
 #: What the decoders print from C (libpng's "libpng error: ..." / "libpng warning: ...", OpenCV's log).
 _DECODER_CHATTER = ("libpng ", "[ WARN:", "[ERROR:", "[ INFO:")
 _stderr_lock = threading.Lock()
+_spool: dict[int, IO[bytes]] = {}  # process id -> the temporary file fd 2 is pointed at (one per process)
+
+
+def _spool_file() -> IO[bytes]:
+    """This process's temporary file for :func:`_captured_fd2`, made once (making one per image costs
+    more than decoding a small PNG); a forked child makes its own."""
+    pid = os.getpid()
+    if pid not in _spool:
+        _spool.clear()
+        _spool[pid] = tempfile.TemporaryFile()
+    return _spool[pid]
 
 
 @contextmanager
 def _captured_fd2(sink: list[str]) -> Iterator[None]:
     """Point file descriptor 2 at a temporary file while the block runs, then put it back and add what
     was written there to ``sink`` (C libraries print to fd 2 directly; ``sys.stderr`` cannot catch it)."""
-    with _stderr_lock, tempfile.TemporaryFile() as tmp:
+    with _stderr_lock:
+        tmp = _spool_file()
         if sys.stderr is not None:
             sys.stderr.flush()  # Python's pending text goes out before fd 2 moves
         try:
@@ -50,6 +62,8 @@ def _captured_fd2(sink: list[str]) -> Iterator[None]:
             os.close(saved)
             tmp.seek(0)
             sink.extend(tmp.read().decode("utf-8", "replace").splitlines(keepends=True))
+            tmp.seek(0)
+            tmp.truncate()
 
 
 def _imdecode_quiet(data: np.ndarray) -> tuple[np.ndarray | None, str]:
