@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -23,8 +24,11 @@ InputColor = Literal["rgb", "bgr"]
 DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".pgm", ".ppm", ".pbm")
 _DTYPES = (np.uint8, np.uint16)
-#: What the decoders print from C (libpng's "libpng error: ..." / "libpng warning: ...", OpenCV's log).
-_DECODER_CHATTER = ("libpng ", "[ WARN:", "[ERROR:", "[ INFO:")
+#: How the lines start that the decoders print from C: libpng's errors and warnings, libjpeg's warnings
+#: (on images that still decode), OpenCV's own log.
+_DECODER_CHATTER = ("libpng ", "Corrupt JPEG data", "Premature end of JPEG", "Invalid SOS", "Unsupported marker",
+                    "Warning: ", "[ WARN:", "[ERROR:", "[ INFO:")
+log = logging.getLogger("segrt")
 _stderr_lock = threading.Lock()
 _spool: dict[int, IO[bytes]] = {}  # process id -> the temporary file fd 2 is pointed at (one per process)
 
@@ -66,18 +70,18 @@ def _captured_fd2(sink: list[str]) -> Iterator[None]:
             tmp.truncate()
 
 
-def _imdecode_quiet(data: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """``cv2.imdecode`` without its C-level stderr lines; returns the image (None on failure) and the
-    decoder's own reason, e.g. ``IDAT: CRC error``. Lines other threads wrote meanwhile go on to stderr."""
+def _imdecode_quiet(data: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
+    """``cv2.imdecode`` without its C-level stderr lines: the image (None on failure) and what the decoder
+    said (e.g. ``libpng error: IDAT: CRC error``). Lines other threads wrote meanwhile go on to stderr.
+    Decodes are serialised by this (fd 2 is one per process)."""
     lines: list[str] = []
     with _captured_fd2(lines):
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    chatter = [ln for ln in lines if ln.startswith(_DECODER_CHATTER)]
+    chatter = [ln.strip() for ln in lines if ln.startswith(_DECODER_CHATTER)]
     others = [ln for ln in lines if not ln.startswith(_DECODER_CHATTER)]
     if others:
         os.write(2, "".join(others).encode())
-    reasons = [ln.split(":", 1)[1].strip() for ln in chatter if ln.startswith("libpng error:")]
-    return image, "; ".join(reasons)
+    return image, chatter
 
 
 def _decode_file(path: Path) -> np.ndarray:
@@ -88,11 +92,14 @@ def _decode_file(path: Path) -> np.ndarray:
         raise InvalidInputError(f"image {str(path)!r} is empty (0 bytes)")
     if data[:3].tobytes() == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-4096:].tobytes():
         raise InvalidInputError(f"image {str(path)!r} is a truncated JPEG (no end-of-image marker); re-copy the file")
-    image, reason = _imdecode_quiet(data)
+    image, said = _imdecode_quiet(data)
     if image is None:
+        reason = "; ".join(ln.split(":", 1)[1].strip() for ln in said if ln.startswith("libpng error:"))
         because = f" (libpng: {reason})" if reason else ""
         raise InvalidInputError(f"image {str(path)!r} could not be decoded{because}; expected PNG, JPEG, TIFF, BMP "
                                 "or WebP, not corrupt or truncated")
+    for line in said:  # warnings on an image that decoded: shown with -v only
+        log.info("%s: %s", path.name, line)
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     elif image.ndim == 3 and image.shape[2] == 4:

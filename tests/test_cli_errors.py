@@ -40,9 +40,19 @@ def test_decoding_keeps_other_stderr_and_drops_decoder_lines(monkeypatch, capfd)
         return np.zeros((2, 2), np.uint8)
 
     monkeypatch.setattr(image_mod.cv2, "imdecode", chatty)
-    decoded, reason = image_mod._imdecode_quiet(np.zeros(8, np.uint8))
-    assert decoded is not None and reason == ""
+    decoded, said = image_mod._imdecode_quiet(np.zeros(8, np.uint8))
+    assert decoded is not None and said == ["libpng warning: iCCP: known incorrect sRGB profile"]
     assert capfd.readouterr().err == "something else\n"
+
+
+def test_libjpeg_warnings_on_a_decodable_jpeg_go_to_the_log(tmp_path, photos, capfd, caplog) -> None:
+    data = bytearray(cv2.imencode(".jpg", photos["coffee"])[1].tobytes())
+    data[5000:5100] = bytes(100)  # a hole in the entropy-coded data: libjpeg warns, the image still decodes
+    (tmp_path / "w.jpg").write_bytes(bytes(data))
+    with caplog.at_level("INFO", logger="segrt"):
+        assert read_image(tmp_path / "w.jpg").shape == photos["coffee"].shape
+    assert capfd.readouterr().err == ""
+    assert any("w.jpg: Corrupt JPEG data" in r.getMessage() for r in caplog.records)  # segrt -v shows it
 
 
 @pytest.mark.parametrize("cut", ["crc", "truncated"])
