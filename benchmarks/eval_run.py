@@ -3,7 +3,8 @@
 Each image is read once and given to every (bundle, device) row in turn, so FP32 / FP16 / INT8 and
 each backend are judged on the same pixels, and each row is compared with the reference row on the
 spot (Polygraphy's ``--compare`` view): pixel agreement for semantic bundles, matched-instance mask
-IoU for instance bundles, each checked against a stated tolerance.
+IoU for instance bundles, each checked against a stated tolerance. What is scored, and how, is the
+task's evaluator (``Task.evaluator`` in ``runtime/tasks/``); this module runs the rows and the table.
 """
 
 from __future__ import annotations
