@@ -1,16 +1,32 @@
-"""Atomic bundle directories: build under a temporary name beside the target, rename at the end."""
+"""Atomic bundle directories (build under a temporary name beside the target, rename at the end) and the tool
+versions a manifest records."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from segrt.runtime.errors import ExportError
 from segrt.runtime.manifest import default_mode, replace_dir
+
+#: The distributions every manifest records (when installed); a spec's own ``deps`` are added after them.
+VERSIONED = ("segrt", "torch", "torchvision", "segmentation-models-pytorch", "onnx", "onnxruntime", "onnxslim")
+
+
+def tool_versions(extra: Iterable[str] = ()) -> dict[str, str]:
+    """Installed versions of :data:`VERSIONED`, then of ``extra`` (distribution names), skipping absent ones."""
+    found = {}
+    for dist in (*VERSIONED, *(d for d in extra if d not in VERSIONED)):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 @contextmanager

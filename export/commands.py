@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segrt.runtime.cli import fraction, int_at_least, size_arg
-from segrt.runtime.errors import InvalidInputError
+from segrt.runtime.errors import ExportError, InvalidInputError
+
+if TYPE_CHECKING:
+    from .spec import ModelSpec
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -35,21 +38,39 @@ def _weights(text: str) -> Path | None:
     return None if text.lower() == "none" else Path(text)
 
 
-def cmd_export_sam(args: argparse.Namespace) -> int:
-    from .sam_export import export_sam
+def _weights_arg(args: argparse.Namespace, spec: ModelSpec) -> Path | None:
+    """The spec's weights flag (``--weights``, SAM's ``--checkpoint``: each the other's alias there), checked."""
+    from .models import SPECS
 
-    if args.checkpoint is not None and args.weights is not None:
+    others = [s.name for s in SPECS if s.weights_flag == "--checkpoint"]
+    if spec.weights_flag != "--checkpoint" and (args.checkpoint is not None or args.variant is not None):
+        raise InvalidInputError(f"--checkpoint and --variant are for {', '.join(others)}; {spec.name} takes "
+                                "--weights/--encoder")
+    if spec.weights_flag == "--checkpoint" and args.checkpoint is not None and args.weights is not None:
         raise InvalidInputError("pass --checkpoint (or its alias --weights) once")
     given = args.checkpoint if args.checkpoint is not None else args.weights
+    flag = spec.weights_flag
     if given is None:
-        raise InvalidInputError("sam needs --checkpoint FILE (Meta's sam_vit_*.pth) or --checkpoint none")
-    variant = args.variant or args.encoder or "vit_b"
-    manifest = export_sam(variant, _weights(given), args.out, seed=args.seed, opset=args.opset, force=args.force,
-                          verify_image=args.verify_image)
-    v = manifest.verification
-    print(f"segrt: exported sam/{variant} to {args.out}: logit relative error {v['max_logit_rel_error']:.2e}, "
-          f"worst mask IoU {v['min_mask_iou']:.4f} against segment-anything")
-    return 0
+        raise InvalidInputError(f"{spec.name} needs {flag} FILE ({spec.weights_hint}) or {flag} none"
+                                if spec.weights_hint else f"{flag} FILE|none is required")
+    weights = _weights(given)
+    if weights is not None and flag != "--weights" and not weights.is_file():
+        raise ExportError(f"{flag[2:]} {str(weights)!r} does not exist (pass {flag} none for random weights)")
+    return weights
+
+
+def _classes(args: argparse.Namespace, spec: ModelSpec) -> tuple[int, tuple[str, ...] | None]:
+    classes, names = args.classes, args.class_names
+    if classes is None and spec.default_classes is not None:
+        default = spec.default_classes()
+        if not default:  # a class-free family (SAM): class flags do not apply
+            return 0, ()
+        classes, names = len(default), names or default
+    if classes is None:
+        classes = len(names) if names else None
+    if classes is None:
+        raise InvalidInputError(f"{spec.name} needs --classes N (or --class-names)")
+    return classes, names
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -57,29 +78,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .models import get_spec
     from .spec import ExportConfig
 
-    if args.architecture == "sam":
-        return cmd_export_sam(args)
-    if args.checkpoint is not None or args.variant is not None:
-        raise InvalidInputError(f"--checkpoint and --variant are for sam; {args.architecture} takes --weights/--encoder")
-    if args.weights is None:
-        raise InvalidInputError("--weights FILE|none is required")
     spec = get_spec(args.architecture)
-    classes, names = args.classes, args.class_names
-    if spec.task == "instance" and classes is None:
-        from .models.maskrcnn import coco_names
-
-        classes, names = 91, names or coco_names()
-    if classes is None:
-        classes = len(names) if names else None
-    if classes is None:
-        raise InvalidInputError(f"{spec.name} needs --classes N (or --class-names)")
+    weights = _weights_arg(args, spec)
+    classes, names = _classes(args, spec)
     cfg = ExportConfig(
         architecture=args.architecture,
-        encoder=args.encoder or spec.default_encoder,
+        encoder=args.variant or args.encoder or spec.default_encoder,
         classes=classes,
         in_channels=args.in_channels,
         class_names=names,
-        weights=_weights(args.weights),
+        weights=weights,
         seed=args.seed,
         opset=args.opset,
         intensity=args.intensity,
@@ -89,9 +97,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         box_score_thresh=args.graph_score_threshold,
         box_nms_thresh=args.nms_threshold,
         detections=args.detections,
+        score_threshold=args.score_threshold,
     )
-    manifest = export_model(cfg, args.out, force=args.force, score_threshold=args.score_threshold)
-    print(f"segrt: exported {cfg.architecture}/{cfg.encoder} to {args.out}: {json.dumps(manifest.verification)}")
+    manifest = export_model(cfg, args.out, force=args.force)
+    print(f"segrt: exported {cfg.architecture}/{cfg.encoder} to {args.out}: {spec.family.report(manifest)}")
     return 0
 
 
@@ -125,10 +134,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from segrt.runtime.tasks import TASKS
+
     from .models import SPECS
 
     p = sub.add_parser("export", help="export a PyTorch model to a verified ONNX bundle (needs segrt[export])")
-    p.add_argument("architecture", choices=[*(s.name for s in SPECS), "sam"])
+    p.add_argument("architecture", choices=[s.name for s in SPECS])
     p.add_argument("--encoder", "--arch", help="backbone or variant (defaults: unet resnet34, deeplab* resnet50, "
                    "maskrcnn maskrcnn_resnet50_fpn; maskrcnn also takes maskrcnn_resnet50_fpn_v2)")
     p.add_argument("--classes", "--num-classes", type=int_at_least(1), help="number of classes, background included "
@@ -177,7 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("import", help="wrap an existing ONNX segmentation model in a bundle")
     p.add_argument("model", type=Path)
-    p.add_argument("--task", default="semantic", choices=("semantic",))
+    p.add_argument("--task", default="semantic", choices=[t.name for t in TASKS if t.importable])
     p.add_argument("--mean", type=_floats, help="per-channel mean in 0-1 units (default ImageNet)")
     p.add_argument("--std", type=_floats, help="per-channel std in 0-1 units (default ImageNet)")
     p.add_argument("--size", type=size_arg, help="HxW for fixed-size models")

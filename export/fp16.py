@@ -16,23 +16,11 @@ from .graph_normalize import all_nodes, normalize_to_fp32, topological_sort
 
 if TYPE_CHECKING:
     from .quantize import QuantizeConfig
+    from .spec import QuantDefaults
 
 #: Kept in FP32 by the FP16 conversion (the converter's own list is added to these).
 FP16_KEEP_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp",
                  "Log", "Erf", "CumSum", "NonMaxSuppression", "RoiAlign", "TopK")
-
-
-def attention_products(model: Any) -> list[str]:
-    """SAM encoder: the q@k and attn@v MatMuls (not the linear layers), which overflow in FP16."""
-    return [n.name for n in model.graph.node
-            if n.op_type in ("MatMul", "Einsum") and "/attn/" in n.name and "/qkv/" not in n.name and "/proj/" not in n.name]
-
-
-def instance_heads(model: Any) -> list[str]:
-    """Mask R-CNN: everything outside the backbone + FPN (RPN, RoI heads, the If branches). The backbone
-    is most of the compute; the heads do box arithmetic in image coordinates (up to 1333 px), where FP16's
-    11-bit mantissa moves a coordinate by up to half a pixel, and NMS/TopK on FP16 scores reorders ties."""
-    return [n.name for n in all_nodes(model.graph) if n.name and not n.name.startswith("/backbone/")]
 
 
 def _repair_outer_scope_reads(model: Any) -> list[str]:
@@ -80,7 +68,8 @@ def convert(model: Any, cfg: QuantizeConfig, ops: list[str], nodes: list[str]) -
     return converted, len(repaired)
 
 
-def to_fp16(src: Path, dst: Path, cfg: QuantizeConfig, task: str) -> dict[str, Any]:
+def to_fp16(src: Path, dst: Path, cfg: QuantizeConfig, family: QuantDefaults) -> dict[str, Any]:
+    """``family``: the bundle's quantization defaults (the nodes its family keeps in FP32)."""
     import onnx
     from onnxruntime.transformers import float16
 
@@ -89,15 +78,14 @@ def to_fp16(src: Path, dst: Path, cfg: QuantizeConfig, task: str) -> dict[str, A
     model = onnx.load(str(src))
     normalized = normalize_to_fp32(model)
     ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_OPS) | set(cfg.extra_keep))
-    family = {"sam": attention_products, "instance": instance_heads}.get(task)
-    nodes = sorted(set(cfg.exclude) | (set(family(model)) if family else set()))
+    nodes = sorted(set(cfg.exclude) | (set(family.float_nodes(model)) if family.float_nodes else set()))
     # The exporter's value_info annotations go first: with them the converter types the Cast after a
     # kept-FP32 node as float16 and ONNX Runtime refuses the graph (seen on U-Net's Resize and
     # DeepLab's ReduceMean); it re-infers them itself.
     del model.graph.value_info[:]
     converted, repaired = convert(model, cfg, ops, nodes)
     save_onnx(converted, dst)
-    kept = nodes if task != "instance" else [f"{len(nodes)} nodes outside /backbone/ (RPN, RoI heads, NMS branches)"]
+    kept = [f"{len(nodes)} {family.fp16_summary}"] if family.fp16_summary else nodes
     return {"converter": "onnxruntime.transformers.float16", "kept_fp32_ops": ops, "kept_fp32_nodes": kept,
             "outer_scope_reads_repaired": repaired, "io": "fp16" if cfg.fp16_io else "fp32",
             **({"normalized_from_mixed_precision": normalized} if normalized else {})}

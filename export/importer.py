@@ -9,10 +9,10 @@ from pathlib import Path
 from segrt.runtime.backends.ort import OrtCpuRunner
 from segrt.runtime.errors import InvalidInputError, ModelFormatError
 from segrt.runtime.manifest import Activation, ColorOrder, InputSpec, Layout, Manifest, OutputSpec, ResizeMode, write_manifest
-from segrt.runtime.semantic import Segmenter
+from segrt.runtime.tasks import TASKS, task_for
 
 from .bundle import atomic_dir
-from .exporter import tool_versions
+from .bundle import tool_versions
 from .weights import sha256_file
 
 
@@ -83,7 +83,7 @@ def build_manifest(cfg: ImportConfig, runner: OrtCpuRunner) -> Manifest:
         raise InvalidInputError("--activation softmax needs several output channels; use sigmoid or none")
     color = cfg.color or ("gray" if channels == 1 else "rgb")
     return Manifest(
-        task="semantic",
+        task=cfg.task,
         architecture="imported",
         classes=tuple(classes),
         input=InputSpec(
@@ -97,8 +97,9 @@ def build_manifest(cfg: ImportConfig, runner: OrtCpuRunner) -> Manifest:
 
 
 def import_onnx(cfg: ImportConfig, out: Path, *, force: bool = False) -> Manifest:
-    if cfg.task != "semantic":
-        raise InvalidInputError(f"--task {cfg.task!r} cannot be imported yet; supported: semantic")
+    importable = [t.name for t in TASKS if t.importable]
+    if cfg.task not in importable:
+        raise InvalidInputError(f"--task {cfg.task!r} cannot be imported yet; supported: {', '.join(importable)}")
     if not cfg.model.is_file():
         raise InvalidInputError(f"model {str(cfg.model)!r} does not exist")
     manifest = build_manifest(cfg, OrtCpuRunner(cfg.model))
@@ -108,5 +109,5 @@ def import_onnx(cfg: ImportConfig, out: Path, *, force: bool = False) -> Manifes
         if data.is_file():
             shutil.copyfile(data, tmp / data.name)
         write_manifest(tmp, manifest)
-        Segmenter(tmp, "cpu")  # proves the bundle loads with its manifest before it is published
+        task_for(cfg.task).load(tmp, "cpu")  # proves the bundle loads with its manifest before it is published
     return manifest

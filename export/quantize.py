@@ -27,11 +27,15 @@ import numpy as np
 from segrt.runtime.engine import sha256_file
 from segrt.runtime.errors import ExportError, InvalidInputError, SegrtError
 from segrt.runtime.manifest import Manifest, read_manifest, write_manifest
+from segrt.runtime.tasks import TASKS, task_for
 
 from .bundle import atomic_dir
-from .fp16 import attention_products, instance_heads, to_fp16
+from .fp16 import to_fp16
 from .graph_normalize import constants_to_initializers, normalized_copy
+from .models import quant_defaults
+from .progress import Progress
 from .quant_gate import accuracy_gate, calibration_feeds, load_images
+from .spec import QuantDefaults
 
 log = logging.getLogger("segrt")
 Target = Literal["fp16", "int8"]
@@ -39,8 +43,9 @@ Calibrator = Literal["minmax", "entropy", "percentile"]
 Int8Target = Literal["cpu", "tensorrt"]
 Int8Tool = Literal["ort", "modelopt"]
 
-#: Default tolerances per family: semantic pixel agreement, instance/SAM mean matched mask IoU.
-DEFAULT_MIN = {"semantic": 0.98, "instance": 0.85, "sam": 0.90}
+#: Default tolerances per task (each task's ``quantize_min_score``): semantic pixel agreement, instance/SAM mean
+#: matched mask IoU.
+DEFAULT_MIN = {t.name: t.quantize_min_score for t in TASKS if t.quantize_min_score is not None}
 
 
 @dataclass(frozen=True)
@@ -144,28 +149,16 @@ def _upgrade_opset(path: Path, tmp: Path) -> Path:
     return tmp
 
 
-_FAMILY_NOTE = {"instance": "RPN, RoI heads and NMS branches outside /backbone/ kept float; in the backbone + FPN "
-                            "only Conv is quantized (residual Adds, max-pool and the FPN's upsampling stay float)",
-                "sam": "attention products q@k and attn@v kept float"}
+def _int8_family_defaults(m: Manifest, graph: Any) -> tuple[list[str], list[str] | None]:
+    """Nodes the bundle's family keeps in float, and the op types it quantizes (None: ONNX Runtime's default set):
+    the spec's :class:`~.spec.QuantDefaults` (Mask R-CNN: the heads float, Conv only; SAM's encoder on the static
+    route: the attention products float, Conv and the weight MatMuls)."""
+    q = quant_defaults(m)
+    nodes = q.float_nodes(graph) if q.float_nodes else []
+    return nodes, list(q.int8_op_types) if q.int8_op_types is not None else None
 
 
-def _int8_family_defaults(task: str, graph: Any) -> tuple[list[str], list[str] | None]:
-    """Nodes each family keeps in float, and the op types it quantizes (None: ONNX Runtime's default set).
-    Mask R-CNN: only the backbone + FPN (the heads' box arithmetic and score ordering are what INT8 breaks),
-    and there only Conv: on the full ``maskrcnn`` fixture (40 held-out scenes) ONNX Runtime's default op set
-    (residual Adds, MaxPool, Resize too) scored mask IoU 0.853 against FP32, Conv alone 0.876, at the same
-    speed (seeded R50-FPN at 800 px: 806 vs 809 ms, 1.22x FP32). Keeping the FPN float too scored 0.889 but
-    gave back most of the gain (1.08x): its 3x3 convs at stride 4 are a large share of the compute.
-    SAM's encoder (static route, target=tensorrt): Conv and the weight MatMuls; the attention products stay
-    float, as in FP16."""
-    if task == "instance":
-        return instance_heads(graph), ["Conv"]
-    if task == "sam":
-        return attention_products(graph), ["Conv", "MatMul", "Gemm"]
-    return [], None
-
-
-def to_int8_dynamic(src: Path, dst: Path, cfg: QuantizeConfig) -> dict[str, Any]:
+def to_int8_dynamic(src: Path, dst: Path, cfg: QuantizeConfig, q: QuantDefaults) -> dict[str, Any]:
     """SAM's ViT encoder on the CPU: dynamic quantization (int8 per-channel weights of every MatMul/Gemm with
     weights, activations quantized per run; the attention products stay float). ONNX Runtime's guidance for
     transformers, and the static route cannot calibrate vit_b here: ONNX Runtime's calibration session needs
@@ -175,7 +168,7 @@ def to_int8_dynamic(src: Path, dst: Path, cfg: QuantizeConfig) -> dict[str, Any]
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     prepared = _pre_process(src, dst.with_name(f".{dst.name}.pre.onnx"))
-    family = attention_products(onnx.load(str(prepared), load_external_data=False))
+    family = q.float_nodes(onnx.load(str(prepared), load_external_data=False)) if q.float_nodes else []
     try:
         quantize_dynamic(str(prepared), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
                          weight_type=QuantType.QInt8, nodes_to_exclude=sorted(set(cfg.exclude) | set(family)))
@@ -185,7 +178,7 @@ def to_int8_dynamic(src: Path, dst: Path, cfg: QuantizeConfig) -> dict[str, Any]
         if prepared != src:
             prepared.unlink(missing_ok=True)
     return {"method": "dynamic", "target": cfg.target, "op_types_quantized": ["MatMul", "Gemm"],
-            "excluded_nodes": list(cfg.exclude) + [f"{len(family)} family defaults: {_FAMILY_NOTE['sam']}"],
+            "excluded_nodes": list(cfg.exclude) + [f"{len(family)} family defaults: {q.int8_note}"],
             "format": "MatMulInteger/DynamicQuantizeLinear, per-channel symmetric int8 weights, activations "
                       "quantized at run time (ONNX Runtime CPU; no calibration)"}
 
@@ -207,7 +200,7 @@ def to_int8(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest
 
     prepared = _pre_process(src, dst.with_name(f".{dst.name}.pre.onnx"))
     trt = cfg.target == "tensorrt"
-    family, op_types = _int8_family_defaults(m.task, onnx.load(str(prepared), load_external_data=False))
+    family, op_types = _int8_family_defaults(m, onnx.load(str(prepared), load_external_data=False))
     cache = bundle / "calibration" / f"{Path(m.model_file).stem}-{_cache_key(src, cfg, names, op_types)}.json"
     cache.parent.mkdir(exist_ok=True)
     hit = cache.is_file()
@@ -234,7 +227,7 @@ def to_int8(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: Manifest
             prepared.unlink(missing_ok=True)
     return {"calibrator": cfg.calibrator, "samples": len(images), "calibration_images": names[:8] + (["..."] if len(names) > 8 else []),
             "calibration_cache": str(cache.relative_to(bundle)), "calibration_reused": hit,
-            "excluded_nodes": list(cfg.exclude) + ([f"{len(family)} family defaults: {_FAMILY_NOTE[m.task]}"]
+            "excluded_nodes": list(cfg.exclude) + ([f"{len(family)} family defaults: {quant_defaults(m).int8_note}"]
                                                    if family else []),
             "op_types_quantized": op_types or "ONNX Runtime's default set", "method": "static", "target": cfg.target,
             "format": "QDQ, per-channel symmetric int8 weights, " + ("symmetric int8 activations (TensorRT)" if trt
@@ -256,7 +249,7 @@ def _int8_modelopt(src: Path, dst: Path, cfg: QuantizeConfig, bundle: Path, m: M
         model = onnx.load(str(prepared))
         constants_to_initializers(model)
         save_onnx(model, staged)
-        family = _int8_family_defaults(m.task, model)
+        family = _int8_family_defaults(m, model)
         return to_int8_modelopt(staged, dst, cfg, bundle, m, family)
     finally:
         for path in {prepared, staged} - {src}:
@@ -271,8 +264,8 @@ def _int8(bundle: Path, tmp: Path, cfg: QuantizeConfig, m: Manifest) -> dict[str
     try:
         if cfg.int8_tool == "modelopt":
             facts = _int8_modelopt(plain, dst, cfg, bundle, m)
-        elif m.task == "sam" and cfg.target == "cpu":
-            facts = {"tool": "ort", **to_int8_dynamic(plain, dst, cfg)}
+        elif quant_defaults(m).cpu_int8 == "dynamic" and cfg.target == "cpu":
+            facts = {"tool": "ort", **to_int8_dynamic(plain, dst, cfg, quant_defaults(m))}
         else:
             facts = {"tool": "ort", **to_int8(plain, dst, cfg, bundle, m)}
     finally:
@@ -290,14 +283,18 @@ def quantize_bundle(bundle: Path, out: Path, cfg: QuantizeConfig, *, force: bool
         raise ExportError(f"{bundle} is already {m.precision}; quantize the FP32 bundle it came from")
     if Path(out).resolve() == Path(bundle).resolve():
         raise InvalidInputError("--out must be a new folder; the FP32 bundle is the gate's reference")
-    minimum = cfg.min_score if cfg.min_score is not None else DEFAULT_MIN[m.task]
+    minimum = cfg.min_score if cfg.min_score is not None else task_for(m.task).quantize_min_score
+    if minimum is None:
+        raise InvalidInputError(f"{m.task} bundles have no default tolerance; pass --min-score")
+    progress = Progress(f"{cfg.precision} {bundle.name}")
     with atomic_dir(out, force=force) as tmp:
         for name in [p.name for p in bundle.iterdir() if p.is_file()]:
             if name not in model_files(m) and not name.startswith(tuple(model_files(m))):
                 shutil.copy2(bundle / name, tmp / name)
         facts: dict[str, Any] = {}
+        progress(f"converting {m.model_file}" + (" (calibrating first)" if cfg.precision == "int8" else ""))
         if cfg.precision == "fp16":
-            facts[m.model_file] = to_fp16(bundle / m.model_file, tmp / m.model_file, cfg, m.task)
+            facts[m.model_file] = to_fp16(bundle / m.model_file, tmp / m.model_file, cfg, quant_defaults(m))
         else:
             facts[m.model_file] = _int8(bundle, tmp, cfg, m)
         for f in model_files(m)[1:]:
@@ -307,6 +304,7 @@ def quantize_bundle(bundle: Path, out: Path, cfg: QuantizeConfig, *, force: bool
             facts[f] = {"kept": "fp32"}
         variant = Manifest.from_dict({**m.to_dict(), "precision": cfg.precision})
         write_manifest(tmp, variant)
+        progress("accuracy gate against the fp32 bundle")
         gate = accuracy_gate(bundle, tmp, cfg.eval_images, minimum)
         log.info("accuracy gate (%s vs fp32): %s", cfg.precision, {k: v for k, v in gate.items() if k != "per_image"})
         record = {"precision": cfg.precision, "source_sha256": sha256_file(bundle / m.model_file),
@@ -317,4 +315,6 @@ def quantize_bundle(bundle: Path, out: Path, cfg: QuantizeConfig, *, force: bool
             raise ExportError(f"{cfg.precision} variant fails the accuracy gate: {gate['metric']} {gate['score']:.4f} "
                               f"< {minimum} on {gate['images']} held-out images; bundle not written "
                               "(exclude sensitive nodes with --exclude, or change the tolerance)")
+        progress(f"writing the bundle to {out}")
+    progress("done")
     return variant

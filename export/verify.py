@@ -9,6 +9,7 @@ import numpy as np
 
 from segrt.runtime.image import read_image, to_channels
 from segrt.runtime.matching import box_iou, match_instances
+from segrt.runtime.sam import SamPredictor, to_uint8_rgb
 from segrt.runtime.semantic import Segmenter
 
 
@@ -52,7 +53,6 @@ def verify_bundle(bundle: Path, module: Any, image_path: Path | None) -> dict[st
     }
 
 
-
 def torch_instances(model: Any, image: np.ndarray, score_threshold: float) -> tuple[np.ndarray, ...]:
     """torchvision's end-to-end answer (its own resize, normalise and paste): boxes, labels, scores, masks."""
     import torch
@@ -89,3 +89,46 @@ def instance_agreement(model: Any, det: Any, image: np.ndarray, *, box_iou_min: 
         "min_mask_iou": min((m for _, _, m in good), default=None),
         "max_score_diff": max((abs(float(rs[i]) - float(res.scores[j])) for i, j, _ in good), default=None),
     }
+
+
+def check_prompts(height: int, width: int) -> list[dict[str, Any]]:
+    """A point, two points (one background), a box, and a point inside a box, placed by image size."""
+    cx, cy = width * 0.5, height * 0.45
+    box = np.array([width * 0.3, height * 0.2, width * 0.7, height * 0.75])
+    return [
+        {"name": "point", "point_coords": np.array([[cx, cy]]), "point_labels": np.array([1])},
+        {"name": "points", "point_coords": np.array([[cx, cy], [width * 0.1, height * 0.9]]),
+         "point_labels": np.array([1, 0])},
+        {"name": "box", "box": box},
+        {"name": "point+box", "point_coords": np.array([[cx, cy]]), "point_labels": np.array([1]), "box": box},
+    ]
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def sam_agreement(model: Any, pred: SamPredictor, image: np.ndarray) -> list[dict[str, Any]]:
+    """segment-anything's ``SamPredictor`` against segrt's on one image, every test prompt, with and
+    without multimask output: low-res logit relative error, worst mask IoU, IoU-prediction error."""
+    from segment_anything import SamPredictor as TorchPredictor
+
+    rgb = to_uint8_rgb(image)
+    ref = TorchPredictor(model)
+    ref.set_image(rgb)
+    pred.set_image(rgb)
+    checks = []
+    for prompt in check_prompts(*rgb.shape[:2]):
+        kwargs = {k: v for k, v in prompt.items() if k != "name"}
+        for multi in (True, False):
+            m_t, iou_t, low_t = ref.predict(multimask_output=multi, **kwargs)
+            m_o, iou_o, low_o = pred.predict(multimask_output=multi, **kwargs)
+            checks.append({
+                "prompt": prompt["name"], "multimask": multi,
+                "logit_rel_error": float(np.abs(low_o - low_t).max() / max(np.abs(low_t).max(), 1e-12)),
+                "min_mask_iou": min(mask_iou(a, b) for a, b in zip(m_o, m_t)),
+                "iou_pred_abs_error": float(np.abs(iou_o - iou_t).max()),
+                "mask_pixels": int(m_t.sum()),
+            })
+    return checks

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from segrt.runtime.errors import ExportError
+from segrt.runtime.manifest import Manifest
 
-from . import deeplab, maskrcnn, unet
-from ..spec import ModelSpec
+from . import deeplab, maskrcnn, sam, unet
+from ..spec import ModelSpec, QuantDefaults
 
-SPECS: tuple[ModelSpec, ...] = (unet.SPEC, deeplab.SPEC_V3PLUS, deeplab.SPEC_V3, maskrcnn.SPEC)
+SPECS: tuple[ModelSpec, ...] = (unet.SPEC, deeplab.SPEC_V3PLUS, deeplab.SPEC_V3, maskrcnn.SPEC, sam.SPEC)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -15,3 +16,9 @@ def get_spec(name: str) -> ModelSpec:
         if spec.name == name:
             return spec
     raise ExportError(f"unknown architecture {name!r}; valid: {', '.join(s.name for s in SPECS)}")
+
+
+def quant_defaults(manifest: Manifest) -> QuantDefaults:
+    """The quantization defaults of the family a bundle was exported from (by its manifest's ``architecture``);
+    an imported or unknown architecture gets none."""
+    return next((s.quant for s in SPECS if s.name == manifest.architecture), QuantDefaults())

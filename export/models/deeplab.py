@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from segrt.runtime.errors import ExportError
 
-from ..spec import ExportConfig, ModelSpec
+from ..spec import SMP_DEPS, TORCHVISION_DEPS, ExportConfig, ModelSpec
+from ._semantic import SEMANTIC
 from ._smp import smp_builder, smp_encoders
 
 _TV_BUILDERS = {
@@ -41,18 +42,22 @@ def build_tv_deeplabv3(cfg: ExportConfig):
 SPEC_V3PLUS = ModelSpec(
     name="deeplabv3plus",
     task="semantic",
+    family=SEMANTIC,
     build=smp_builder("DeepLabV3Plus"),
     encoders=smp_encoders,
     default_encoder="resnet50",
     stride=32,
+    deps=SMP_DEPS,
 )
 
 SPEC_V3 = ModelSpec(
     name="deeplabv3",
     task="semantic",
+    family=SEMANTIC,
     build=build_tv_deeplabv3,
     encoders=_tv_encoders,
     default_encoder="resnet50",
     stride=8,
     drop_prefixes=("aux_classifier.",),
+    deps=TORCHVISION_DEPS,
 )

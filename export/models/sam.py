@@ -12,14 +12,22 @@ points labelled 2 and 3, and a prompt without a box ends with one padding point 
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from segrt.runtime.errors import ExportError
+from segrt.runtime.manifest import InputSpec, Manifest, OutputSpec, SamSpec
 
-from ..spec import ExportConfig, ModelSpec
+from ..spec import ExportConfig, ExportFamily, Graph, GraphIO, ModelSpec, QuantDefaults
+
+log = logging.getLogger("segrt")
+#: A fresh export is refused when its low-res logits differ from PyTorch's by more than this
+#: (max abs difference over max abs PyTorch logit) or any mask's IoU with PyTorch's is below the next.
+MAX_LOGIT_REL_ERROR = 1e-3
+MIN_MASK_IOU = 0.98
 
 
 @dataclass(frozen=True)
@@ -94,15 +102,20 @@ def detect_variant(state: dict[str, Any]) -> str | None:
     return None
 
 
+def check_variant(variant: str, state: dict[str, Any], path: Path) -> None:
+    """Name the variant a checkpoint really is when it does not fit the one asked for."""
+    found = detect_variant(state)
+    if found != variant:
+        what = f"a {found} checkpoint" if found else "not a SAM checkpoint (no image_encoder.patch_embed)"
+        raise ExportError(f"{path.name} is {what}; you asked for --variant {variant}")
+
+
 def load_checkpoint(model: Any, variant: str, path: Path) -> None:
     """Load Meta's checkpoint file unchanged; name the variant it really is when it does not fit."""
     from ..weights import apply_state_dict, read_state_dict
 
     state = read_state_dict(path)
-    found = detect_variant(state)
-    if found != variant:
-        what = f"a {found} checkpoint" if found else "not a SAM checkpoint (no image_encoder.patch_embed)"
-        raise ExportError(f"{path.name} is {what}; you asked for --variant {variant}")
+    check_variant(variant, state, path)
     apply_state_dict(model, state, ())
 
 
@@ -211,19 +224,93 @@ def decoder_graph(sam: Any) -> Any:
     return _decoder_class()(sam).eval()
 
 
-def _unused_build(cfg: ExportConfig) -> Any:  # SAM is built by variant, not from an ExportConfig
-    raise ExportError("SAM graphs are exported with `segrt export sam`")
+def attention_products(model: Any) -> list[str]:
+    """The encoder's q@k and attn@v MatMuls (not the linear layers), which overflow in FP16."""
+    return [n.name for n in model.graph.node
+            if n.op_type in ("MatMul", "Einsum") and "/attn/" in n.name and "/qkv/" not in n.name and "/proj/" not in n.name]
 
 
-ENCODER = ModelSpec(
-    name="sam_encoder", task="sam", build=_unused_build, encoders=lambda: tuple(VARIANTS), default_encoder="vit_b",
-    stride=IMAGE_SIZE, input_names=ENCODER_INPUTS, output_names=ENCODER_OUTPUTS, dynamic_axes={},
-    exporter="torchscript",
-)
-DECODER = ModelSpec(
-    name="sam_decoder", task="sam", build=_unused_build, encoders=lambda: tuple(VARIANTS), default_encoder="vit_b",
-    stride=1, input_names=DECODER_INPUTS, output_names=DECODER_OUTPUTS,
+def build(cfg: ExportConfig) -> Any:
+    return build_sam(cfg.encoder)
+
+
+ENCODER = GraphIO(name="sam_encoder", input_names=ENCODER_INPUTS, output_names=ENCODER_OUTPUTS, dynamic_axes={})
+DECODER = GraphIO(
+    name="sam_decoder", input_names=DECODER_INPUTS, output_names=DECODER_OUTPUTS,
     dynamic_axes={"point_coords": {0: "prompts", 1: "points"}, "point_labels": {0: "prompts", 1: "points"},
                   "mask_input": {0: "mask_batch"}, "low_res_masks": {0: "prompts"}, "iou_predictions": {0: "prompts"}},
-    exporter="torchscript",
+)
+
+
+class SamExport(ExportFamily):
+    """Two graphs (encoder.onnx, decoder.onnx), checked against segment-anything's ``SamPredictor`` on a real photo."""
+
+    def graphs(self, spec: ModelSpec, model: Any, cfg: ExportConfig) -> list[Graph]:
+        import torch
+
+        from ..onnx_io import PROTO_LIMIT
+
+        s = IMAGE_SIZE
+        dec_example = (torch.randn(1, *EMBED_SHAPE), torch.rand(2, 3, 2) * s, torch.tensor([[1.0, 0.0, -1.0]] * 2),
+                       torch.zeros(1, 1, LOW_RES, LOW_RES), torch.zeros(1))
+        encoder = ENCODER
+        if sum(p.numel() * p.element_size() for p in model.image_encoder.parameters()) > PROTO_LIMIT:
+            # vit_h (2.5 GB): the TorchScript exporter runs a real forward while tracing and was OOM-killed at 24 GB;
+            # the dynamo exporter traces with fake tensors (vit_b: 1.2 GB peak, outputs within 1e-6 of PyTorch)
+            encoder = replace(ENCODER, exporter="dynamo")
+        return [Graph("encoder.onnx", encoder_graph(model), (torch.randn(1, 3, s, s),), encoder, "encoder"),
+                Graph("decoder.onnx", decoder_graph(model), dec_example, DECODER, "decoder")]
+
+    def manifest(self, spec: ModelSpec, cfg: ExportConfig, source: dict[str, Any], versions: dict[str, str]) -> Manifest:
+        return Manifest(
+            task=spec.task, architecture=spec.name, encoder=cfg.encoder, classes=(),
+            input=InputSpec(name=ENCODER_INPUTS[0], channels=3, color="rgb", mean=spec.mean, std=spec.std,
+                            resize="longest_side", stride=IMAGE_SIZE, size=(IMAGE_SIZE, IMAGE_SIZE)),
+            output=OutputSpec(name=ENCODER_OUTPUTS[0]),
+            model_file="encoder.onnx",
+            sam=SamSpec(variant=cfg.encoder, decoder_file="decoder.onnx", embedding_shape=EMBED_SHAPE,
+                        low_res_size=LOW_RES, mask_tokens=MASK_TOKENS),
+            source=source, versions=versions,
+        )
+
+    def verify(self, spec: ModelSpec, model: Any, bundle: Path, cfg: ExportConfig) -> dict[str, Any]:
+        from segrt.runtime.image import read_image
+        from segrt.runtime.sam import SamPredictor
+
+        from ..verify import default_photo, sam_agreement
+
+        name, photo = (str(cfg.verify_image), read_image(cfg.verify_image)) if cfg.verify_image else default_photo(3)
+        checks = sam_agreement(model, SamPredictor(bundle, "cpu"), photo)
+        worst_err = max(c["logit_rel_error"] for c in checks)
+        worst_iou = min(c["min_mask_iou"] for c in checks)
+        log.info("verified against segment-anything on %s: logit rel error %.2e, worst mask IoU %.4f",
+                 name, worst_err, worst_iou)
+        return {"image": name, "max_logit_rel_error": worst_err, "min_mask_iou": worst_iou, "checks": checks}
+
+    def gate(self, spec: ModelSpec, cfg: ExportConfig, source: dict[str, Any], verification: dict[str, Any]) -> None:
+        err, iou = verification["max_logit_rel_error"], verification["min_mask_iou"]
+        if err > MAX_LOGIT_REL_ERROR or iou < MIN_MASK_IOU:
+            raise ExportError(f"exported SAM {cfg.encoder} differs from segment-anything on {verification['image']}: "
+                              f"logit relative error {err:.2e} (limit {MAX_LOGIT_REL_ERROR:g}), worst mask IoU "
+                              f"{iou:.4f} (limit {MIN_MASK_IOU}); bundle not written")
+
+    def report(self, manifest: Manifest) -> str:
+        v = manifest.verification
+        return (f"logit relative error {v['max_logit_rel_error']:.2e}, worst mask IoU {v['min_mask_iou']:.4f} "
+                "against segment-anything")
+
+
+SPEC = ModelSpec(
+    name="sam", task="sam", family=SamExport(), build=build, encoders=lambda: tuple(VARIANTS), default_encoder="vit_b",
+    stride=IMAGE_SIZE, input_names=ENCODER_INPUTS, output_names=ENCODER_OUTPUTS, dynamic_axes={},
+    exporter="torchscript", deps={"torchvision": "torchvision", "segment_anything": "segment-anything"},
+    default_classes=lambda: (), check_state=lambda cfg, state, path: check_variant(cfg.encoder, state, path),
+    weights_flag="--checkpoint", weights_hint="Meta's sam_vit_*.pth",
+    quant=QuantDefaults(
+        float_nodes=attention_products,
+        # the static route (target=tensorrt): Conv and the weight MatMuls; the attention products stay float, as in FP16
+        int8_op_types=("Conv", "MatMul", "Gemm"),
+        int8_note="attention products q@k and attn@v kept float",
+        cpu_int8="dynamic",  # quantize.to_int8_dynamic says why
+    ),
 )
