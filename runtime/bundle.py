@@ -1,9 +1,10 @@
-"""What every task's model shares: the manifest, the runner chosen for it, and image intake."""
+"""What every task's model shares: the manifest, the runner chosen for it, image intake, and the shape of
+its pre / infer / post stages (:class:`Stages`, which ``segrt stream`` runs on separate threads)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -62,3 +63,23 @@ class BundleModel:
         if self.manifest.input.color == "bgr":
             arr = arr[:, :, ::-1]
         return arr
+
+
+class Stages:
+    """A predictor split into three steps for the stream pipeline: ``pre`` (on the preprocess thread), ``infer``
+    (on an inference worker, with that worker's own model), ``post`` (on the postprocess thread). Each task's
+    stages live beside its predictor; ``Task.stages(predictor, prompts)`` makes them."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def pre(self, frame: np.ndarray) -> tuple[Any, Any]:
+        """The frame -> (the worker's payload, the context ``post`` needs)."""
+        raise NotImplementedError
+
+    def infer(self, model: Any, payload: Any) -> Any:
+        raise NotImplementedError
+
+    def post(self, raw: Any, ctx: Any) -> Any:
+        """The worker's output and ``pre``'s context -> the task's result (with a ``timings`` dict)."""
+        raise NotImplementedError

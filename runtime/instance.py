@@ -19,7 +19,7 @@ import numpy as np
 
 from . import prepost
 from .backends import Runner, RunnerOptions
-from .bundle import BundleModel
+from .bundle import BundleModel, Stages
 from .errors import InvalidInputError, ModelFormatError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, InputColor, read_image, to_display_rgb
 from .manifest import DetectionSpec, Manifest
@@ -153,3 +153,19 @@ class InstanceSegmenter(BundleModel):
         t3 = time.perf_counter()
         timings = {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3}
         return InstanceResult(boxes, scores, labels, masks, self.class_names, timings)
+
+
+class InstanceStages(Stages):
+    """:class:`InstanceSegmenter`'s steps for ``segrt stream``."""
+
+    model: InstanceSegmenter
+
+    def pre(self, frame):
+        return self.model.preprocess(self.model.prepare(frame))
+
+    def infer(self, model, payload):
+        return model.infer(payload)
+
+    def post(self, raw, ctx):
+        boxes, scores, labels, masks = self.model.postprocess(raw, ctx)
+        return InstanceResult(boxes, scores, labels, masks, self.model.class_names)

@@ -19,7 +19,8 @@ from .errors import ModelFormatError
 MANIFEST_NAME = "segrt.json"
 FORMAT_VERSION = 1
 
-Task = Literal["semantic", "instance", "sam"]
+#: a task name: one of ``segrt.runtime.tasks.TASKS`` (``task_names()``), checked at load
+Task = str
 Layout = Literal["nchw", "nhwc"]
 ColorOrder = Literal["rgb", "bgr", "gray"]
 ResizeMode = Literal["pad", "stretch", "letterbox", "shortest_edge", "longest_side"]
@@ -178,18 +179,16 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        _check_choice(self.task, Task, "task")
+        from .tasks import task_for, task_names  # the tasks import the predictors, which import this module
+
+        if self.task not in task_names():
+            raise ModelFormatError(f"task must be one of {', '.join(task_names())}; got {self.task!r}")
         _check_choice(self.precision, Precision, "precision")
-        if not self.classes and self.task != "sam":
-            raise ModelFormatError("classes must name at least one class")
         if self.format_version > FORMAT_VERSION:
             raise ModelFormatError(
                 f"manifest format {self.format_version} is newer than this segrt reads ({FORMAT_VERSION}); upgrade segrt"
             )
-        if (self.task == "instance") != (self.detection is not None):
-            raise ModelFormatError("a manifest has a detection section exactly when its task is 'instance'")
-        if (self.task == "sam") != (self.sam is not None):
-            raise ModelFormatError("a manifest has a sam section exactly when its task is 'sam'")
+        task_for(self.task).check_manifest(self)  # classes, the task's own section (detection, sam...)
         if self.input.resize == "longest_side" and (self.input.size is None or self.input.size[0] != self.input.size[1]):
             raise ModelFormatError("input.resize longest_side needs a square input.size")
         if Path(self.model_file).name != self.model_file:

@@ -14,15 +14,17 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from . import kernels
+from . import kernels, prepost
 from .backends import RunnerOptions, select_runner
+from .bundle import Stages
 from .errors import InvalidInputError, ModelFormatError
-from .image import DEFAULT_MAX_PIXELS, ImageLike, read_image, to_channels
+from .image import DEFAULT_MAX_PIXELS, ImageLike, read_image, to_channels, to_display_rgb
 from .kernels import Taps, chain
 from .manifest import Manifest, SamSpec, read_manifest
 
@@ -124,7 +126,7 @@ class SamPredictor:
                  options: RunnerOptions | None = None) -> None:
         self.bundle = Path(bundle)
         self.manifest: Manifest = read_manifest(self.bundle)
-        if self.manifest.task != "sam" or self.manifest.sam is None:
+        if self.manifest.sam is None:  # the manifest has a sam section exactly for SAM bundles
             raise ModelFormatError(f"bundle task is {self.manifest.task!r}; SamPredictor needs a SAM bundle "
                                    "(segrt export sam)")
         self.spec: SamSpec = self.manifest.sam
@@ -334,3 +336,49 @@ class SamPredictor:
             mask_input = np.asarray(mask_input)[None]
         masks, iou, low_res = self.predict_batch(coords, labels, boxes, mask_input, multimask_output, return_logits)
         return masks[0], iou[0], low_res[0]
+
+
+@dataclass
+class PromptResult:
+    """One frame of a SAM stream: the best mask per prompt."""
+
+    masks: np.ndarray  # (P, H, W) bool
+    scores: np.ndarray  # (P,) predicted IoU
+    points: np.ndarray | None
+    box: np.ndarray | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def overlay(self, image: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        out = prepost.overlay_masks(to_display_rgb(read_image(image)), self.masks, alpha)
+        if self.points is not None:
+            for x, y in np.asarray(self.points).reshape(-1, 2):
+                cv2.circle(out, (int(round(x)), int(round(y))), 5, (255, 255, 0), -1)
+        if self.box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in self.box)
+            cv2.rectangle(out, (x0, y0), (x1, y1), (255, 255, 0), 2)
+        return out
+
+
+class SamStages(Stages):
+    """Fixed prompts re-applied to every frame of a stream: the encoder and decoder run on the worker."""
+
+    model: SamPredictor
+
+    def __init__(self, model: SamPredictor, points: np.ndarray | None, labels: np.ndarray | None,
+                 box: np.ndarray | None) -> None:
+        super().__init__(model)
+        if points is None and box is None:
+            raise InvalidInputError("a SAM stream needs fixed prompts: --point X,Y and/or --box X0,Y0,X1,Y1")
+        self.points, self.labels, self.box = points, labels, box
+
+    def pre(self, frame):
+        return to_uint8_rgb(read_image(frame, max_pixels=self.model.max_pixels)), None
+
+    def infer(self, model, payload):
+        model.set_image(payload)
+        masks, iou, _ = model.predict(self.points, self.labels, self.box, multimask_output=False)
+        return masks, iou
+
+    def post(self, raw, ctx):
+        masks, iou = raw
+        return PromptResult(masks, iou, self.points, self.box)

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import prepost
 from .backends import Runner, RunnerOptions
-from .bundle import BundleModel
+from .bundle import BundleModel, Stages
 from .errors import InvalidInputError, ModelFormatError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, InputColor, read_image, to_display_rgb, write_image_atomic
 from .manifest import Manifest
@@ -146,3 +146,19 @@ class Segmenter(BundleModel):
                     results[i] = res
         return results  # type: ignore[return-value]
 
+
+
+class SemanticStages(Stages):
+    """:class:`Segmenter`'s steps for ``segrt stream``: one frame per call."""
+
+    model: Segmenter
+
+    def pre(self, frame):
+        tensor, frames = self.model.preprocess([self.model.prepare(frame)])
+        return tensor, frames[0]
+
+    def infer(self, model, payload):
+        return model.infer(payload)
+
+    def post(self, raw, ctx):
+        return SegmentationResult(self.model.postprocess(raw[0], ctx), self.model.class_names)

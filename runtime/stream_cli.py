@@ -16,29 +16,20 @@ from . import kernels
 from .backends import DEVICES
 from .cli import int_at_least, positive_number
 from .errors import InvalidInputError
-from .instance import InstanceResult
 from .sam_cli import box_arg, point_arg
-from .semantic import SegmentationResult
-from .stream import Display, PromptResult, Stream, VideoSink, annotate
+from .stream import Display, Stream, VideoSink, annotate
+from .tasks import Task, task_for
 
 #: inference workers a stream may start (each holds a model session; more than this is a typo, not a plan)
 MAX_WORKERS = 64
 
 
-def frame_record(result: Any) -> dict[str, Any]:
-    """One line of ``--log``: the frame, its timings and what was found."""
+def frame_record(result: Any, task: Task) -> dict[str, Any]:
+    """One line of ``--log``: the frame, its timings and what was found (the task's ``frame_record``)."""
     t = result.timings
     rec: dict[str, Any] = {"frame": int(t["frame"]), "latency_ms": round(t["latency"], 2)}
     rec.update({f"{k}_ms": round(v, 2) for k, v in t.items() if k in ("pre", "infer", "post")})
-    if isinstance(result, SegmentationResult):
-        ids, counts = np.unique(result.label_map, return_counts=True)
-        rec["classes"] = {result.class_names[i] if i < len(result.class_names) else str(i): int(c)
-                          for i, c in zip(ids.tolist(), counts.tolist())}
-    elif isinstance(result, InstanceResult):
-        rec["instances"] = [{"label": int(lab), "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
-                            for b, s, lab in zip(result.boxes, result.scores, result.labels)]
-    elif isinstance(result, PromptResult):
-        rec["masks"] = [{"area": int(m.sum()), "score": round(float(s), 4)} for m, s in zip(result.masks, result.scores)]
+    rec.update(task.frame_record(result))
     return rec
 
 
@@ -86,6 +77,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         if args.show:
             display = Display(f"segrt {args.bundle.name}")
         total = s.report.expected_frames
+        task = task_for(s.models[0].manifest.task)
         # drawing and encoding are the pipeline's last stage: kernels single-threaded like the others
         with tqdm(total=total, unit="frame", file=sys.stderr, disable=args.quiet) as bar, kernels.thread_limit(1):
             for frame, result in s:
@@ -96,7 +88,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
                     if display is not None and not display.show(picture):
                         break
                 if log is not None:
-                    log.write(frame_record(result))
+                    log.write(frame_record(result, task))
                 bar.update(1)
     except KeyboardInterrupt:
         interrupted = True

@@ -93,11 +93,23 @@ def test_corrupt_model_file(ocr, images, tmp_path) -> None:
 
 
 def test_info_lists_manifest_io_and_providers(ocr) -> None:
-    proc = segrt("info", ocr)
+    proc = segrt("info", ocr, "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["manifest"]["classes"] == ["background", "text"]
     assert info["model"]["inputs"][0]["name"] == "x" and "CPUExecutionProvider" in info["providers"]
+    assert set(info) == {"manifest", "model", "providers", "prepost"}
+
+
+def test_info_prints_a_readable_summary(ocr) -> None:
+    proc = segrt("info", ocr)
+    assert proc.returncode == 0, proc.stderr
+    rows = dict(line.split(None, 1) if line[:1].strip() else ("", line.strip()) for line in proc.stdout.splitlines())
+    assert rows["task"].startswith("semantic -- label maps")
+    assert rows["classes"] == "2: background, text"
+    assert rows["precision"] == "fp32" and "CPUExecutionProvider" in rows["providers"]
+    assert "'x': 3 channel(s) rgb nchw, its own size, padded to a multiple of 32" in rows["input"]
+    assert not proc.stdout.lstrip().startswith("{")  # JSON only with --json
 
 
 def test_usage_errors(tmp_path) -> None:

@@ -10,7 +10,7 @@ Needs ``pip install 'segrt[serve]'`` plus ``pip install --no-deps nvidia-pytrito
 nothing here imports torch or Triton's client at import time.
 """
 
-from .contract import CONTRACTS, Contract, Tensor, contract_for
+from .contract import Contract, Tensor, contract_for
 from .repository import ServeOptions, write_serve_repository
 
-__all__ = ["CONTRACTS", "Contract", "ServeOptions", "Tensor", "contract_for", "write_serve_repository"]
+__all__ = ["Contract", "ServeOptions", "Tensor", "contract_for", "write_serve_repository"]

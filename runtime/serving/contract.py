@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import InvalidInputError
 from ..manifest import Manifest
+from ..tasks import task_for
 
 
 @dataclass(frozen=True)
@@ -49,18 +49,18 @@ def labels_dtype(manifest: Manifest) -> str:
     return "TYPE_UINT8" if manifest.num_classes <= 256 else "TYPE_UINT16"
 
 
-def _semantic(manifest: Manifest) -> Contract:
+def semantic_contract(manifest: Manifest) -> Contract:
     return Contract("semantic", (Tensor("IMAGE", "TYPE_UINT8", (-1, -1, 3)),),
                     (Tensor("LABELS", labels_dtype(manifest), (-1, -1)),), batched=True)
 
 
-def _instance(manifest: Manifest) -> Contract:
+def instance_contract(manifest: Manifest) -> Contract:
     return Contract("instance", (Tensor("IMAGE", "TYPE_UINT8", (1, -1, -1, 3)),), (
         Tensor("BOXES", "TYPE_FP32", (-1, 4)), Tensor("SCORES", "TYPE_FP32", (-1,)),
         Tensor("CLASSES", "TYPE_INT64", (-1,)), Tensor("MASKS_RLE", "TYPE_UINT8", (-1,))), batched=False)
 
 
-def _sam(manifest: Manifest) -> Contract:
+def sam_contract(manifest: Manifest) -> Contract:
     return Contract("sam", (
         Tensor("IMAGE", "TYPE_UINT8", (1, -1, -1, 3)),
         Tensor("POINT_COORDS", "TYPE_FP32", (-1, 2), optional=True),
@@ -70,12 +70,6 @@ def _sam(manifest: Manifest) -> Contract:
     ), (Tensor("MASKS", "TYPE_BOOL", (-1, -1, -1)), Tensor("SCORES", "TYPE_FP32", (-1,))), batched=False)
 
 
-CONTRACTS = {"semantic": _semantic, "instance": _instance, "sam": _sam}
-
-
 def contract_for(manifest: Manifest) -> Contract:
-    try:
-        return CONTRACTS[manifest.task](manifest)
-    except KeyError:
-        raise InvalidInputError(f"no serving contract for task {manifest.task!r}; "
-                                f"servable tasks: {', '.join(CONTRACTS)}") from None
+    """The bundle's contract: its task's (:meth:`segrt.runtime.tasks.Task.serving_contract`)."""
+    return task_for(manifest.task).serving_contract(manifest)

@@ -19,15 +19,16 @@ from pathlib import Path
 from ..errors import InvalidInputError
 from ..manifest import MANIFEST_NAME, Manifest, read_manifest
 from ..onnx_files import model_files
+from ..tasks import task_for
 from .contract import Tensor, contract_for
 from .pbtxt import parameters, render
 from .repository import Enum, ServeOptions, atomic_dir, io_config, model_names
+from .stages import stages_for
 
 log = logging.getLogger("segrt")
 STAGE_PY = "from segrt.runtime.serving.stage_model import TritonPythonModel  # noqa: F401\n"
 ONNX_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(int64)": "TYPE_INT64",
               "tensor(int32)": "TYPE_INT32", "tensor(uint8)": "TYPE_UINT8", "tensor(bool)": "TYPE_BOOL"}
-LINKS = {"semantic": ("ORIG_HW",), "instance": ("ORIG_HW",), "sam": ("ORIG_HW", "INPUT_HW")}
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,7 @@ def onnx_tensors(path: Path) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
 
 
 def nets(name: str, bundle: Path, manifest: Manifest) -> list[Net]:
-    files = [("net", manifest.model_file)] if manifest.task != "sam" else [
-        ("encoder", manifest.model_file), ("decoder", manifest.sam.decoder_file)]
+    files = task_for(manifest.task).serving_networks(manifest)
     return [Net(f"{name}_{suffix}", bundle / file, *onnx_tensors(bundle / file)) for suffix, file in files]
 
 
@@ -121,17 +121,18 @@ def write_net(root: Path, net: Net, manifest: Manifest, batch: int, options: Ser
     (root / net.name / "config.pbtxt").write_text(render(net_config(net, manifest, batch, options, plan)))
 
 
-def link_tensors(task: str) -> list[Tensor]:
-    return [Tensor(n, "TYPE_INT64", (2,)) for n in LINKS[task]]
+def link_tensors(manifest: Manifest) -> list[Tensor]:
+    """What the task's pre step passes its post step beside the networks (the serving stages' ``links``)."""
+    return [Tensor(n, "TYPE_INT64", (2,)) for n in stages_for(manifest).links]
 
 
 def stage_io(manifest: Manifest, networks: list[Net]) -> tuple[list[Tensor], list[Tensor]]:
     """What the pre step produces (the networks' inputs no network makes, plus links) and what the
     post step reads (the last network's outputs, the links, optional pass-through prompts)."""
     made = {t.name for n in networks for t in n.outputs}
-    pre_out = [t for n in networks for t in n.inputs if t.name not in made] + link_tensors(manifest.task)
+    pre_out = [t for n in networks for t in n.inputs if t.name not in made] + link_tensors(manifest)
     passthrough = [t for t in contract_for(manifest).inputs if t.name == "MULTIMASK_OUTPUT"]
-    return pre_out, list(networks[-1].outputs) + link_tensors(manifest.task) + passthrough
+    return pre_out, list(networks[-1].outputs) + link_tensors(manifest) + passthrough
 
 
 def stage_config(name: str, stage: str, inputs: list[Tensor], outputs: list[Tensor], batch: int,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
@@ -39,7 +38,7 @@ def check_image(image: np.ndarray | None, batched: bool, max_pixels: int) -> np.
 
 
 class Handler:
-    task: ClassVar[str]
+    """Loads the bundle once; ``run`` answers a batch of requests (one response each)."""
 
     def __init__(self, bundle: Path, *, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         from ..loader import load
@@ -66,8 +65,6 @@ class Handler:
 
 class SemanticHandler(Handler):
     """Every image of every request in one ``Segmenter.batch`` call (one inference per input size)."""
-
-    task = "semantic"
 
     def run(self, requests: list[Request]) -> list[Response]:
         out: list[Response] = [None] * len(requests)  # type: ignore[list-item]
@@ -98,8 +95,6 @@ class SemanticHandler(Handler):
 
 
 class InstanceHandler(Handler):
-    task = "instance"
-
     def one(self, request: Request) -> dict[str, np.ndarray]:
         res = self.model(self.image(request)[0])
         rles = [d["segmentation"] for d in res.to_coco(image_id=0)]
@@ -115,8 +110,6 @@ def _optional(request: Request, name: str, dtype: type) -> np.ndarray | None:
 class SamHandler(Handler):
     """``set_image`` (embeddings cached by image content, so re-prompting skips the encoder), ``predict``."""
 
-    task = "sam"
-
     def one(self, request: Request) -> dict[str, np.ndarray]:
         image = self.image(request)[0]
         coords = _optional(request, "POINT_COORDS", np.float64)
@@ -128,12 +121,8 @@ class SamHandler(Handler):
         return {"MASKS": masks.astype(np.bool_), "SCORES": scores.astype(np.float32)}
 
 
-HANDLERS = (SemanticHandler, InstanceHandler, SamHandler)
-
-
 def handler_for(bundle: Path, **kwargs) -> Handler:
-    task = read_manifest(bundle).task
-    for cls in HANDLERS:
-        if cls.task == task:
-            return cls(bundle, **kwargs)
-    raise InvalidInputError(f"segrt serve has no handler for task {task!r}")
+    """The bundle's handler: its task's (:meth:`segrt.runtime.tasks.Task.serving_handler`)."""
+    from ..tasks import task_for
+
+    return task_for(read_manifest(bundle).task).serving_handler(bundle, **kwargs)

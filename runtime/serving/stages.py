@@ -24,7 +24,8 @@ ORIG_HW = Tensor("ORIG_HW", "TYPE_INT64", (2,))
 
 
 class Stages:
-    task: ClassVar[str]
+    #: what the pre step hands the post step past the networks (INT64 [2] each)
+    links: ClassVar[tuple[str, ...]] = ("ORIG_HW",)
 
     def __init__(self, manifest: Manifest, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.manifest, self.max_pixels = manifest, max_pixels
@@ -40,8 +41,6 @@ class Stages:
 
 
 class SemanticStages(Stages):
-    task = "semantic"
-
     def pre(self, request: Request) -> dict[str, np.ndarray]:
         images = [self.prepare(im) for im in self.images(request)]
         tensor, _ = prepost.preprocess(images, self.manifest.input)
@@ -62,8 +61,6 @@ class SemanticStages(Stages):
 
 
 class InstanceStages(Stages):
-    task = "instance"
-
     def pre(self, request: Request) -> dict[str, np.ndarray]:
         image = self.prepare(self.images(request)[0])
         frame = prepost.plan_frame(image.shape[0], image.shape[1], self.manifest.input)
@@ -100,7 +97,7 @@ class _Prompts(SamPredictor):
 
 
 class SamStages(Stages):
-    task = "sam"
+    links = ("ORIG_HW", "INPUT_HW")
 
     def __init__(self, manifest: Manifest, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(manifest, max_pixels)
@@ -129,11 +126,8 @@ class SamStages(Stages):
         return {"MASKS": masks.astype(np.bool_), "SCORES": iou.astype(np.float32)}
 
 
-STAGES = (SemanticStages, InstanceStages, SamStages)
-
-
 def stages_for(manifest: Manifest, **kwargs) -> Stages:
-    for cls in STAGES:
-        if cls.task == manifest.task:
-            return cls(manifest, **kwargs)
-    raise InvalidInputError(f"segrt triton has no pre/post stages for task {manifest.task!r}")
+    """The bundle's pre/post steps: its task's (:meth:`segrt.runtime.tasks.Task.serving_stages`)."""
+    from ..tasks import task_for
+
+    return task_for(manifest.task).serving_stages(manifest, **kwargs)

@@ -21,6 +21,9 @@ import numpy as np
 if TYPE_CHECKING:
     from ..backends import Runner
     from ..manifest import Manifest
+    from ..serving.contract import Contract
+    from ..serving.handlers import Handler
+    from ..serving.stages import Stages as ServingStages
 
 
 class Task:
@@ -35,9 +38,25 @@ class Task:
         return NotImplementedError(f"task {self.name!r} does not implement {hook}")
 
     # -- the bundle and its manifest ------------------------------------------------------------------
+    #: the manifest section only this task's bundles have (``"detection"``, ``"sam"``), or None
+    section: ClassVar[str | None] = None
+
     def check_manifest(self, manifest: Manifest) -> None:
         """Refuse (``ModelFormatError``) a manifest this task cannot run: missing sections, no classes..."""
         raise self._missing("check_manifest")
+
+    def check_sections(self, manifest: Manifest) -> None:
+        """Every task's ``section`` is in the manifest exactly when that task is the manifest's (for check_manifest)."""
+        from ..errors import ModelFormatError
+        from . import TASKS
+
+        for task in TASKS:
+            if task.section is not None and (task is self) != (getattr(manifest, task.section) is not None):
+                raise ModelFormatError(f"a manifest has a {task.section} section exactly when its task is {task.name!r}")
+
+    def check_run(self, bundle: Path) -> None:
+        """Refuse (``InvalidInputError``) a bundle ``segrt run`` cannot segment from images alone (SAM needs
+        prompts); most tasks accept every bundle, so this default does nothing."""
 
     def load(self, bundle: Path, device: str = "auto", **kwargs: Any) -> Any:
         """The predictor for ``bundle`` on ``device`` (``Segmenter``, ``InstanceSegmenter``, ``SamPredictor``...)."""
@@ -55,6 +74,18 @@ class Task:
     def stages(self, predictor: Any, prompts: dict[str, Any] | None = None) -> Any:
         """The pre / infer / post stages the stream pipeline (and the stage benchmarks) run."""
         raise self._missing("stages")
+
+    @staticmethod
+    def refuse_prompts(prompts: dict[str, Any] | None) -> None:
+        """For the ``stages`` of a task that takes no prompts: refuse points or a box (``InvalidInputError``)."""
+        if prompts and (prompts.get("points") is not None or prompts.get("box") is not None):
+            from ..errors import InvalidInputError
+
+            raise InvalidInputError("--point/--box prompts apply to SAM bundles only")
+
+    def for_stream(self, predictor: Any) -> None:
+        """Tune a predictor the stream loaded itself (SAM: no embedding cache, every frame is new); by default
+        nothing. A predictor the caller passed in is left as configured."""
 
     def frame_record(self, result: Any) -> dict[str, Any]:
         """What one frame of ``segrt stream --log`` says was found (beside its frame number and timings)."""
@@ -103,4 +134,24 @@ class Task:
         return predictor(image)
 
     # -- serving (segrt triton / segrt serve) ---------------------------------------------------------
-    # (hooks the serving stages need are added here)
+    # A task that is not served leaves these: each refuses with a one-line InvalidInputError.
+    def _not_served(self, what: str) -> Exception:
+        from ..errors import InvalidInputError
+
+        return InvalidInputError(f"{what} does not serve {self.name!r} bundles yet")
+
+    def serving_contract(self, manifest: Manifest) -> Contract:
+        """The request's tensors (names, types, dims) for ``segrt serve`` and ``segrt triton`` alike."""
+        raise self._not_served("segrt serve")
+
+    def serving_handler(self, bundle: Path, **kwargs: Any) -> Handler:
+        """``segrt serve``'s handler (inside Triton's python backend, on the CPU) for ``bundle``."""
+        raise self._not_served("segrt serve")
+
+    def serving_stages(self, manifest: Manifest, **kwargs: Any) -> ServingStages:
+        """``segrt triton``'s pre and post python-backend steps around the networks (their ``links``)."""
+        raise self._not_served("segrt triton")
+
+    def serving_networks(self, manifest: Manifest) -> tuple[tuple[str, str], ...]:
+        """``segrt triton``'s networks in ensemble order: ``(model name suffix, file in the bundle)``."""
+        raise self._not_served("segrt triton")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
-from ..instance import InstanceResult, InstanceSegmenter
+from ..errors import InvalidInputError, ModelFormatError
+from ..instance import InstanceResult, InstanceSegmenter, InstanceStages
+from ..manifest import write_json_atomic, write_text_atomic
 from .base import Task
 
 
@@ -18,6 +20,53 @@ class InstanceTask(Task):
     summary = "instances: boxes, labels, scores and masks (COCO results)"
 
     # -- runtime: load, segrt run/info/stream, serving ---------------------------------------------
+    section = "detection"
+
+    def check_manifest(self, manifest) -> None:
+        if not manifest.classes:
+            raise ModelFormatError("classes must name at least one class")
+        self.check_sections(manifest)
+
+    def load(self, bundle: Path, device: str = "auto", **kwargs: Any) -> InstanceSegmenter:
+        return InstanceSegmenter(bundle, device, **kwargs)  # score_threshold: None is the manifest's
+
+    def runners(self, predictor: InstanceSegmenter) -> dict:
+        return {"model": predictor.runner}
+
+    def write(self, result: InstanceResult, image: np.ndarray, out_dir: Path, stem: str,
+              source: Path) -> list[Path]:
+        # COCO's results file, as COCO.loadRes reads it; the image entry it refers to beside it
+        coco, entry = out_dir / f"{stem}.instances.json", out_dir / f"{stem}.image.json"
+        write_text_atomic(coco, json.dumps(result.to_coco(image_id=1)) + "\n")
+        write_json_atomic(entry, {"id": 1, "file_name": source.name, "height": image.shape[0],
+                                  "width": image.shape[1], "class_names": list(result.class_names)})
+        return [coco, entry]
+
+    def stages(self, predictor: InstanceSegmenter, prompts: dict[str, Any] | None = None) -> InstanceStages:
+        self.refuse_prompts(prompts)
+        return InstanceStages(predictor)
+
+    def frame_record(self, result: InstanceResult) -> dict[str, Any]:
+        return {"instances": [{"label": int(lab), "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
+                              for b, s, lab in zip(result.boxes, result.scores, result.labels)]}
+
+    def serving_contract(self, manifest):
+        from ..serving.contract import instance_contract
+
+        return instance_contract(manifest)
+
+    def serving_handler(self, bundle: Path, **kwargs: Any):
+        from ..serving.handlers import InstanceHandler
+
+        return InstanceHandler(bundle, **kwargs)
+
+    def serving_stages(self, manifest, **kwargs: Any):
+        from ..serving.stages import InstanceStages as ServingInstanceStages
+
+        return ServingInstanceStages(manifest, **kwargs)
+
+    def serving_networks(self, manifest) -> tuple[tuple[str, str], ...]:
+        return (("net", manifest.model_file),)
 
     # -- quantization gate, calibration and segrt eval ----------------------------------------------
     gate_metric = "mask_iou"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
-from ..sam import SamPredictor
+from ..errors import InvalidInputError, ModelFormatError
+from ..sam import PromptResult, SamPredictor, SamStages
 from .base import Task
 
 
@@ -16,6 +17,52 @@ class SamTask(Task):
     summary = "Segment Anything: masks from point/box prompts, or every object"
 
     # -- runtime: load, segrt run/info/stream, serving ---------------------------------------------
+    section = "sam"
+
+    def check_manifest(self, manifest) -> None:
+        self.check_sections(manifest)  # classes may be empty: SAM masks have no class
+
+    def load(self, bundle: Path, device: str = "auto", **kwargs: Any) -> SamPredictor:
+        if kwargs.pop("score_threshold", None) is not None:
+            raise ModelFormatError("score_threshold applies to instance bundles; this one is SAM")
+        return SamPredictor(bundle, device, **kwargs)
+
+    def runners(self, predictor: SamPredictor) -> dict:
+        return {"encoder": predictor.encoder, "decoder": predictor.decoder}
+
+    def check_run(self, bundle: Path) -> None:
+        raise InvalidInputError(f"{bundle} is a SAM bundle, which needs prompts: use `segrt sam {bundle} "
+                                "--image IMG --point X,Y` or `--everything`")
+
+    # write: none (check_run refuses `segrt run`); `segrt sam` writes its own masks (runtime/sam_cli.py)
+
+    def stages(self, predictor: SamPredictor, prompts: dict[str, Any] | None = None) -> SamStages:
+        p = prompts or {}
+        return SamStages(predictor, p.get("points"), p.get("labels"), p.get("box"))
+
+    def for_stream(self, predictor: SamPredictor) -> None:
+        predictor.cache.max_bytes = 0  # every video frame is new: hashing and keeping embeddings only costs
+
+    def frame_record(self, result: PromptResult) -> dict[str, Any]:
+        return {"masks": [{"area": int(m.sum()), "score": round(float(s), 4)} for m, s in zip(result.masks, result.scores)]}
+
+    def serving_contract(self, manifest):
+        from ..serving.contract import sam_contract
+
+        return sam_contract(manifest)
+
+    def serving_handler(self, bundle: Path, **kwargs: Any):
+        from ..serving.handlers import SamHandler
+
+        return SamHandler(bundle, **kwargs)
+
+    def serving_stages(self, manifest, **kwargs: Any):
+        from ..serving.stages import SamStages as ServingSamStages
+
+        return ServingSamStages(manifest, **kwargs)
+
+    def serving_networks(self, manifest) -> tuple[tuple[str, str], ...]:
+        return (("encoder", manifest.model_file), ("decoder", manifest.sam.decoder_file))
 
     # -- quantization gate, calibration and segrt eval ----------------------------------------------
     gate_metric = "mask_iou"

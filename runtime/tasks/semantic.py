@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
-from ..semantic import SegmentationResult, Segmenter
+from ..errors import InvalidInputError, ModelFormatError
+from ..semantic import SegmentationResult, SemanticStages, Segmenter
 from .base import Task
 
 
@@ -18,6 +18,51 @@ class SemanticTask(Task):
     summary = "label maps: one class id per pixel"
 
     # -- runtime: load, segrt run/info/stream, serving ---------------------------------------------
+    def check_manifest(self, manifest) -> None:
+        if not manifest.classes:
+            raise ModelFormatError("classes must name at least one class")
+        self.check_sections(manifest)
+
+    def load(self, bundle: Path, device: str = "auto", **kwargs: Any) -> Segmenter:
+        if kwargs.pop("score_threshold", None) is not None:
+            raise ModelFormatError("score_threshold applies to instance bundles; this one is semantic")
+        return Segmenter(bundle, device, **kwargs)
+
+    def runners(self, predictor: Segmenter) -> dict:
+        return {"model": predictor.runner}
+
+    def write(self, result: SegmentationResult, image: np.ndarray, out_dir: Path, stem: str,
+              source: Path) -> list[Path]:
+        path = out_dir / f"{stem}.labels.png"  # class ids, uint8 (uint16 past 256 classes)
+        result.save(path)
+        return [path]
+
+    def stages(self, predictor: Segmenter, prompts: dict[str, Any] | None = None) -> SemanticStages:
+        self.refuse_prompts(prompts)
+        return SemanticStages(predictor)
+
+    def frame_record(self, result: SegmentationResult) -> dict[str, Any]:
+        ids, counts = np.unique(result.label_map, return_counts=True)
+        names = result.class_names
+        return {"classes": {names[i] if i < len(names) else str(i): int(c) for i, c in zip(ids.tolist(), counts.tolist())}}
+
+    def serving_contract(self, manifest):
+        from ..serving.contract import semantic_contract
+
+        return semantic_contract(manifest)
+
+    def serving_handler(self, bundle: Path, **kwargs: Any):
+        from ..serving.handlers import SemanticHandler
+
+        return SemanticHandler(bundle, **kwargs)
+
+    def serving_stages(self, manifest, **kwargs: Any):
+        from ..serving.stages import SemanticStages as ServingSemanticStages
+
+        return ServingSemanticStages(manifest, **kwargs)
+
+    def serving_networks(self, manifest) -> tuple[tuple[str, str], ...]:
+        return (("net", manifest.model_file),)
 
     # -- quantization gate, calibration and segrt eval ----------------------------------------------
     gate_metric = "pixel_agreement"
