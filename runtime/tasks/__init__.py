@@ -1,4 +1,36 @@
-"""Tasks: the third extension point (see :mod:`.base`). ``TASKS`` lists them; :func:`task_for` looks one up."""
+"""Tasks: the third extension point (see :mod:`.base`). ``TASKS`` lists them; :func:`task_for` looks one up.
+
+Generic code never branches on the task's name; it asks the task::
+
+    task = task_for(read_manifest(bundle).task)
+    task.check_run(bundle)                      # segrt run: SAM refuses (it needs prompts)
+    model = task.load(bundle, "cpu")            # Segmenter, InstanceSegmenter, SamPredictor...
+    result = model(image)
+    task.write(result, image, out_dir, "page", source)  # <stem>.labels.png, or COCO results and image entry
+    stages = task.stages(model, {"points": None, "labels": None, "box": None})  # segrt stream's pre/infer/post
+
+A new task (``volume``, say) is one module here and one entry in ``TASKS``::
+
+    # runtime/tasks/volume.py
+    class VolumeTask(Task):
+        name = "volume"                         # the manifest's "task"
+        summary = "3-D label volumes: one class id per voxel"
+        section = "volume"                      # a manifest section only its bundles have (or None)
+
+        def check_manifest(self, manifest):     # refuse what this task cannot run
+            self.check_sections(manifest)
+
+        def load(self, bundle, device="auto", **kwargs):
+            return VolumeSegmenter(bundle, device, **kwargs)
+        ...                                     # runners, write, stages, frame_record, serving_*...
+
+    TASK = VolumeTask()
+    # runtime/tasks/__init__.py
+    TASKS = (semantic.TASK, instance.TASK, sam.TASK, volume.TASK)
+
+A hook the new task leaves out raises ``NotImplementedError`` naming the task and the hook (serving hooks:
+a one-line ``InvalidInputError``, since a task need not be served).
+"""
 
 from __future__ import annotations
 
