@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, ModelFormatError
 from ..instance import InstanceResult, InstanceSegmenter, InstanceStages
-from ..manifest import write_json_atomic, write_text_atomic
+from ..manifest import Manifest, write_json_atomic, write_text_atomic
 from .base import Task
 
 
@@ -22,7 +22,7 @@ class InstanceTask(Task):
     # -- runtime: load, segrt run/info/stream, serving ---------------------------------------------
     section = "detection"
 
-    def check_manifest(self, manifest) -> None:
+    def check_manifest(self, manifest: Manifest) -> None:
         if not manifest.classes:
             raise ModelFormatError("classes must name at least one class")
         self.check_sections(manifest)
@@ -50,7 +50,7 @@ class InstanceTask(Task):
         return {"instances": [{"label": int(lab), "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
                               for b, s, lab in zip(result.boxes, result.scores, result.labels)]}
 
-    def serving_contract(self, manifest):
+    def serving_contract(self, manifest: Manifest):
         from ..serving.contract import instance_contract
 
         return instance_contract(manifest)
@@ -60,12 +60,12 @@ class InstanceTask(Task):
 
         return InstanceHandler(bundle, **kwargs)
 
-    def serving_stages(self, manifest, **kwargs: Any):
+    def serving_stages(self, manifest: Manifest, **kwargs: Any):
         from ..serving.stages import InstanceStages as ServingInstanceStages
 
         return ServingInstanceStages(manifest, **kwargs)
 
-    def serving_networks(self, manifest) -> tuple[tuple[str, str], ...]:
+    def serving_networks(self, manifest: Manifest) -> tuple[tuple[str, str], ...]:
         return (("net", manifest.model_file),)
 
     # -- quantization gate, calibration and segrt eval ----------------------------------------------

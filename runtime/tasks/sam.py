@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, ModelFormatError
+from ..manifest import Manifest
 from ..sam import PromptResult, SamPredictor, SamStages
 from .base import Task
 
@@ -19,7 +20,7 @@ class SamTask(Task):
     # -- runtime: load, segrt run/info/stream, serving ---------------------------------------------
     section = "sam"
 
-    def check_manifest(self, manifest) -> None:
+    def check_manifest(self, manifest: Manifest) -> None:
         self.check_sections(manifest)  # classes may be empty: SAM masks have no class
 
     def load(self, bundle: Path, device: str = "auto", **kwargs: Any) -> SamPredictor:
@@ -46,7 +47,7 @@ class SamTask(Task):
     def frame_record(self, result: PromptResult) -> dict[str, Any]:
         return {"masks": [{"area": int(m.sum()), "score": round(float(s), 4)} for m, s in zip(result.masks, result.scores)]}
 
-    def serving_contract(self, manifest):
+    def serving_contract(self, manifest: Manifest):
         from ..serving.contract import sam_contract
 
         return sam_contract(manifest)
@@ -56,12 +57,12 @@ class SamTask(Task):
 
         return SamHandler(bundle, **kwargs)
 
-    def serving_stages(self, manifest, **kwargs: Any):
+    def serving_stages(self, manifest: Manifest, **kwargs: Any):
         from ..serving.stages import SamStages as ServingSamStages
 
         return ServingSamStages(manifest, **kwargs)
 
-    def serving_networks(self, manifest) -> tuple[tuple[str, str], ...]:
+    def serving_networks(self, manifest: Manifest) -> tuple[tuple[str, str], ...]:
         return (("encoder", manifest.model_file), ("decoder", manifest.sam.decoder_file))
 
     # -- quantization gate, calibration and segrt eval ----------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, ModelFormatError
+from ..manifest import Manifest
 from ..semantic import SegmentationResult, SemanticStages, Segmenter
 from .base import Task
 
@@ -18,7 +19,7 @@ class SemanticTask(Task):
     summary = "label maps: one class id per pixel"
 
     # -- runtime: load, segrt run/info/stream, serving ---------------------------------------------
-    def check_manifest(self, manifest) -> None:
+    def check_manifest(self, manifest: Manifest) -> None:
         if not manifest.classes:
             raise ModelFormatError("classes must name at least one class")
         self.check_sections(manifest)
@@ -46,7 +47,7 @@ class SemanticTask(Task):
         names = result.class_names
         return {"classes": {names[i] if i < len(names) else str(i): int(c) for i, c in zip(ids.tolist(), counts.tolist())}}
 
-    def serving_contract(self, manifest):
+    def serving_contract(self, manifest: Manifest):
         from ..serving.contract import semantic_contract
 
         return semantic_contract(manifest)
@@ -56,12 +57,12 @@ class SemanticTask(Task):
 
         return SemanticHandler(bundle, **kwargs)
 
-    def serving_stages(self, manifest, **kwargs: Any):
+    def serving_stages(self, manifest: Manifest, **kwargs: Any):
         from ..serving.stages import SemanticStages as ServingSemanticStages
 
         return ServingSemanticStages(manifest, **kwargs)
 
-    def serving_networks(self, manifest) -> tuple[tuple[str, str], ...]:
+    def serving_networks(self, manifest: Manifest) -> tuple[tuple[str, str], ...]:
         return (("net", manifest.model_file),)
 
     # -- quantization gate, calibration and segrt eval ----------------------------------------------
