@@ -59,6 +59,8 @@ def export_bundle(spec: ModelSpec, cfg: ExportConfig, out: Path, *, force: bool 
     One progress line per step goes to stderr."""
     family = spec.family
     family.check(spec, cfg)
+    require_export_deps(spec.deps)  # what the user must fix comes before any progress line
+    spec.check_encoder(cfg.encoder)
     progress = Progress(f"{spec.name}/{cfg.encoder}")
     progress("building the model" + (" and loading its weights" if cfg.weights else ""))
     model, source = build_module(spec, cfg)

@@ -163,6 +163,34 @@ def test_wrong_variant_checkpoint_is_named(sam_tiny, tmp_path) -> None:
     assert not (tmp_path / "b").exists()
 
 
+# -- segrt export sam: the same command and export sequence as every other architecture ----------------
+def test_cli_export_is_the_api_export_with_progress_on_stderr(sam_tiny, tmp_path) -> None:
+    out = tmp_path / "b"
+    proc = segrt("export", "sam", "--variant", "tiny", "--checkpoint", sam_tiny.checkpoint, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"segrt: exported sam/tiny to {out}: logit relative error ")
+    assert proc.stdout.endswith(" against segment-anything\n") and proc.stdout.count("\n") == 1
+    steps = [line for line in proc.stderr.splitlines() if " sam/tiny: " in line]
+    assert any("verifying the bundle against PyTorch" in line for line in steps) and steps[-1].endswith(": done")
+    for name in ("encoder.onnx", "decoder.onnx"):
+        assert (out / name).read_bytes() == (sam_tiny.bundle / name).read_bytes()
+    ours, api = json.loads((out / "segrt.json").read_text()), json.loads((sam_tiny.bundle / "segrt.json").read_text())
+    assert ours == api
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sam", "--variant", "tiny"], "sam needs --checkpoint FILE (Meta's sam_vit_*.pth) or --checkpoint none"),
+    (["sam", "--checkpoint", "none", "--weights", "none"], "pass --checkpoint (or its alias --weights) once"),
+    (["sam", "--checkpoint", "MISSING"], "does not exist (pass --checkpoint none for random weights)"),
+    (["unet", "--classes", "2", "--checkpoint", "none"], "--checkpoint and --variant are for sam; unet takes --weights"),
+])
+def test_cli_export_flag_errors_are_one_line(tmp_path, args, message) -> None:
+    args = [str(tmp_path / "missing.pth") if a == "MISSING" else a for a in args]
+    proc = segrt("export", *args, "--out", tmp_path / "x")
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
 # -- automatic mask generation -------------------------------------------------------------------
 AMG = {"points_per_side": 8, "pred_iou_thresh": 0.7, "stability_score_thresh": 0.25}  # seeded weights: lower scores
 

@@ -77,6 +77,38 @@ def test_unknown_architecture_and_encoder_list_valid_ones() -> None:
         get_spec("deeplabv3").check_encoder("resnet18")
 
 
+def test_every_family_is_one_spec_and_owns_its_facts() -> None:
+    """SAM is a spec like the others (no placeholder specs); quantization defaults are found by the bundle's
+    architecture, and an imported (or unknown) architecture gets none."""
+    from types import SimpleNamespace
+
+    from segrt.export.models import SPECS, quant_defaults
+    from segrt.export.spec import QuantDefaults
+
+    assert [s.name for s in SPECS] == ["unet", "deeplabv3plus", "deeplabv3", "maskrcnn", "sam"]
+    assert get_spec("unet").deps == {"segmentation_models_pytorch": "segmentation-models-pytorch"}
+    assert "segment_anything" in get_spec("sam").deps and get_spec("sam").default_classes() == ()
+    assert get_spec("unet").default_classes is None and len(get_spec("maskrcnn").default_classes()) == 91
+    quant = {name: quant_defaults(SimpleNamespace(architecture=name)) for name in ("maskrcnn", "sam", "unet", "imported")}
+    assert quant["maskrcnn"].int8_op_types == ("Conv",) and quant["maskrcnn"].fp16_summary
+    assert quant["sam"].cpu_int8 == "dynamic" and quant["sam"].int8_op_types == ("Conv", "MatMul", "Gemm")
+    assert quant["unet"] == quant["imported"] == QuantDefaults()
+
+
+def test_progress_goes_to_stderr_one_line_per_step(capsys) -> None:
+    import re
+
+    from segrt.export.progress import Progress
+
+    step = Progress("unet/resnet18")
+    step("tracing model.onnx")
+    step("done")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert re.fullmatch(r"segrt: \[ +\d+\.\d s\] unet/resnet18: tracing model.onnx\nsegrt: \[ +\d+\.\d s\] "
+                        r"unet/resnet18: done\n", err), err
+
+
 @pytest.mark.slow
 def test_failed_export_leaves_nothing_behind(tmp_path) -> None:
     corrupt = tmp_path / "corrupt.png"
