@@ -155,3 +155,9 @@ class Task:
     def serving_networks(self, manifest: Manifest) -> tuple[tuple[str, str], ...]:
         """``segrt triton``'s networks in ensemble order: ``(model name suffix, file in the bundle)``."""
         raise self._not_served("segrt triton")
+
+    # -- export ----------------------------------------------------------------------------------------
+    #: ``segrt import`` can wrap a plain ONNX model of this task (one image input, one output) in a bundle
+    importable: ClassVar[bool] = False
+    #: ``segrt quantize``'s default tolerance on ``gate_metric`` (what ``--min-score`` overrides); None: no default
+    quantize_min_score: ClassVar[float | None] = None

@@ -93,6 +93,9 @@ class InstanceTask(Task):
     # -- segrt bench and gpu-check ---------------------------------------------------------------------
     resizes_input = True  # to the manifest's min/max size, inside preprocessing
 
+    # -- export ----------------------------------------------------------------------------------------
+    importable = False
+    quantize_min_score = 0.85
 
 
 TASK = InstanceTask()

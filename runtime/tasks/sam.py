@@ -107,6 +107,9 @@ class SamTask(Task):
         h, w = image.shape[:2]
         return predictor.predict(np.array([[0.45 * w, 0.4 * h]]), np.array([1]))
 
+    # -- export ----------------------------------------------------------------------------------------
+    importable = False
+    quantize_min_score = 0.90
 
 
 TASK = SamTask()

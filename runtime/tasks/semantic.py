@@ -79,6 +79,9 @@ class SemanticTask(Task):
     def evaluator(self, dataset: Any, tolerances: Any) -> SemanticEvaluator:
         return SemanticEvaluator(dataset, tolerances)
 
+    # -- export ----------------------------------------------------------------------------------------
+    importable = True
+    quantize_min_score = 0.98
 
 
 TASK = SemanticTask()
