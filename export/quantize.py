@@ -286,7 +286,7 @@ def quantize_bundle(bundle: Path, out: Path, cfg: QuantizeConfig, *, force: bool
     minimum = cfg.min_score if cfg.min_score is not None else task_for(m.task).quantize_min_score
     if minimum is None:
         raise InvalidInputError(f"{m.task} bundles have no default tolerance; pass --min-score")
-    progress = Progress(f"{cfg.precision} {bundle.name}")
+    progress = Progress(f"{cfg.precision} variant of {bundle.name}")
     with atomic_dir(out, force=force) as tmp:
         for name in [p.name for p in bundle.iterdir() if p.is_file()]:
             if name not in model_files(m) and not name.startswith(tuple(model_files(m))):
