@@ -1,5 +1,5 @@
 """``segrt bench``: the README's main job, and its other modes (--compare, --sam, --precisions, --stream,
---prepost), one function each. Bundles are timed row by row through the row bench of their task (``ROWS``);
+--prepost), one function each. Bundles are timed row by row through the row bench their task names (``Task.bench_row``);
 a bundle whose task has none is refused before anything is timed."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 from segrt.runtime.cli import int_at_least, size_arg
 from segrt.runtime.errors import InvalidInputError
 from segrt.runtime.manifest import read_manifest, write_json_atomic, write_text_atomic
-from segrt.runtime.tasks import task_for
+from segrt.runtime.tasks import TASKS, task_for
+from segrt.runtime.tasks.base import resolve
 
 from .cli_args import baselines, batches, devices, precisions
 
@@ -52,13 +53,13 @@ def _bench_config(args: argparse.Namespace) -> Any:
 
 
 # -- the rows: every bundle x device x precision x size x batch ------------------------------------------
-def _semantic_row(variant: Path, cfg: Any, precision: str, torch_cache: dict[Any, Any]) -> dict[str, Any] | None:
+def semantic_row(variant: Path, cfg: Any, precision: str, torch_cache: dict[Any, Any]) -> dict[str, Any] | None:
     from .bench import bench_model
 
     return bench_model(variant, cfg, torch_cache)
 
 
-def _instance_row(variant: Path, cfg: Any, precision: str, torch_cache: dict[Any, Any]) -> dict[str, Any] | None:
+def instance_row(variant: Path, cfg: Any, precision: str, torch_cache: dict[Any, Any]) -> dict[str, Any] | None:
     from .bench_instance import bench_instance
 
     if cfg.batch != 1:
@@ -69,18 +70,19 @@ def _instance_row(variant: Path, cfg: Any, precision: str, torch_cache: dict[Any
                           torch_cache=torch_cache)
 
 
-#: task name -> its row bench (bundle, config, precision, PyTorch cache) -> row, or None where the row does not
-#: apply; a task segrt bench times row by row adds its entry here
-ROWS: dict[str, Callable[[Path, Any, str, dict[Any, Any]], dict[str, Any] | None]] = {
-    "semantic": _semantic_row, "instance": _instance_row}
+def row_bench(task_name: str) -> Callable[[Path, Any, str, dict[Any, Any]], dict[str, Any] | None]:
+    """The task's row bench (its ``bench_row`` hook): (bundle, config, precision, PyTorch cache) -> row, or None
+    where the row does not apply."""
+    return resolve(task_for(task_name).bench_row)
 
 
 def refuse_untimed(bundles: list[Path]) -> None:
     """Every bundle's task has a row bench, checked before any is timed (one line naming what times it instead)."""
     for bundle in bundles:
         task = task_for(read_manifest(bundle).task)
-        if task.bench_instead is not None or task.name not in ROWS:
-            hint = task.bench_instead or f"it times {', '.join(ROWS)} bundles"
+        if task.bench_instead is not None or task.bench_row is None:
+            timed = ", ".join(t.name for t in TASKS if t.bench_row is not None)
+            hint = task.bench_instead or f"it times {timed} bundles"
             raise InvalidInputError(f"segrt bench does not time {task.name} bundles row by row ({bundle}); {hint}")
 
 
@@ -106,7 +108,7 @@ def _bench_bundles(args: argparse.Namespace, cfg: Any) -> int:
     results, torch_cache = [], {}
     for bundle, device, precision, size, batch in tqdm(plan, unit="row", file=sys.stderr):
         variant = precision_variant(Path(bundle), precision)
-        row = ROWS[read_manifest(variant).task](variant, replace(cfg, device=device, size=size, batch=batch),
+        row = row_bench(read_manifest(variant).task)(variant, replace(cfg, device=device, size=size, batch=batch),
                                                 precision, torch_cache)
         if row is not None:
             results.append(row)

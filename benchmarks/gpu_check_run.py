@@ -23,17 +23,17 @@ import numpy as np
 
 from segrt.runtime.errors import SegrtError
 from segrt.runtime.tasks import task_for
+from segrt.runtime.tasks.base import resolve
 
 from . import gpu_check_report as report
 from .gpu_check_jobs import bench_cuda, export_all, wait_fp16
 from .gpu_check_steps import Family, cuda_graph, io_binding, open_model, parity, reference, require_cuda, run_once
-from .gpu_check_timing import TORCH_SIDES, interleaved
+from .gpu_check_timing import interleaved
 
 ROOT = Path(__file__).resolve().parent.parent
 #: seconds per step; the sum is the plan, ``--budget`` the hard stop for starting steps
 BUDGETS = {"export": 150, "parity-fp32": 60, "io-binding": 30, "cuda-graphs": 30, "fp16-variants": 60,
            "parity-fp16": 45, "timing": 60, "bench": 45}
-ROUNDS = {"semantic": 30, "instance": 12, "sam": 12}
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Plan:
     """How long each step may take, how many timed rounds per task, and the photos' size and count."""
 
     budgets: dict[str, int]
-    rounds: dict[str, int]
+    rounds: int | None  # timed rounds per family; None: each task's gpu_check_rounds
     size: tuple[int, int] = (512, 512)  # semantic and Mask R-CNN photos (SAM takes them at their own sizes)
     count: int = 4
     threads: int | None = None
@@ -49,8 +49,8 @@ class Plan:
     torch: bool = True  # time PyTorch eager (and FP16 autocast on CUDA) beside segrt
 
 
-GPU_PLAN = Plan(BUDGETS, ROUNDS)
-SELF_TEST_PLAN = Plan({k: 30 for k in BUDGETS}, {"semantic": 4}, (128, 128), 2, 2, 4, torch=False)
+GPU_PLAN = Plan(BUDGETS, None)
+SELF_TEST_PLAN = Plan({k: 30 for k in BUDGETS}, 4, (128, 128), 2, 2, 4, torch=False)
 
 
 class Steps:
@@ -126,14 +126,14 @@ def _timing(family: Family, variant: Path | None, device: str, steps: Steps, pla
                 skipped[label] = "FP16 autocast is the CUDA baseline"
                 continue
             try:
-                fn = TORCH_SIDES[family.task](family.bundle, autocast, device)
+                fn = resolve(task_for(family.task).gpu_check_torch)(family.bundle, autocast, device)
                 fn(images[0])
             except Exception as exc:  # noqa: BLE001 - a baseline that cannot run is a note, not a crash
                 skipped[label] = f"{type(exc).__name__}: {exc}"[:200]
                 continue
             sides[label] = lambda i, fn=fn: fn(images[i % len(images)])
         base = f"torch eager {device}" if f"torch eager {device}" in sides else base
-    timing = interleaved(sides, plan.rounds[family.task], warmup=3,
+    timing = interleaved(sides, plan.rounds or task_for(family.task).gpu_check_rounds, warmup=3,
                          deadline=steps.step_deadline(plan.budgets["timing"] // 4), base=base)
     size = "x".join(map(str, images[0].shape[:2])) if at_size else "photos' own"
     return {"family": family.name, "size": size, "base": base, "skipped": skipped, **timing}

@@ -23,10 +23,6 @@ from segrt.runtime.tasks import task_for
 
 from .gpu_check_timing import interleaved
 
-#: task -> FP32 minimum of its gate metric: `segrt eval`'s default tolerances (0.99 agreement, 0.9 mask IoU).
-FP32_MIN = {"semantic": 0.99, "instance": 0.90, "sam": 0.90}
-#: I/O binding changes where tensors live, not the arithmetic: near-identical results are required.
-BINDING_MIN = {"semantic": 0.999, "instance": 0.99, "sam": 0.99}
 
 
 # -- before anything: is there a working CUDA provider? -------------------------------------------------
@@ -132,7 +128,7 @@ def parity(family: Family, variant: Path, device: str, ref: Any, photos: dict[st
     """``variant`` on ``device`` against the FP32 bundle on the CPU provider."""
     task, m = family.task, read_manifest(variant)
     metric = task_for(task).gate_metric
-    minimum = FP32_MIN[task] if m.precision == "fp32" else DEFAULT_MIN[task]
+    minimum = task_for(task).fp32_device_min if m.precision == "fp32" else DEFAULT_MIN[task]
     value, per_image = score(ref, open_model(variant, device, threads), task, photos)
     row = {"family": family.name, "precision": m.precision, "device": device, "reference": "fp32 on cpu",
            "metric": metric, "score": value, "minimum": minimum, "passed": value >= minimum, "images": len(photos),
@@ -155,7 +151,7 @@ def io_binding(family: Family, device: str, photos: dict[str, np.ndarray], round
                           "binding off": lambda i: run_once(off, images[i % len(images)])},
                          rounds, warmup=2, deadline=deadline, base="binding off")
     return {"family": family.name, "device": device, "metric": task_for(task).gate_metric, "score": value,
-            "minimum": BINDING_MIN[task], "passed": value >= BINDING_MIN[task], "per_image": per_image,
+            "minimum": task_for(task).binding_min, "passed": value >= task_for(task).binding_min, "per_image": per_image,
             "sides": timing["sides"], "ratio": timing["ratios"].get("binding on")}
 
 

@@ -120,5 +120,3 @@ def torch_sam(bundle: Path, autocast: bool, device: str = "cuda") -> Callable[[n
 
     return run
 
-
-TORCH_SIDES = {"semantic": torch_semantic, "instance": torch_instance, "sam": torch_sam}

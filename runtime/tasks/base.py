@@ -124,6 +124,18 @@ class Task:
     #: INT8 variants are calibrated on images (False: quantized dynamically, no calibration photos)
     int8_calibrated: ClassVar[bool] = True
 
+    #: gpu-check: timed rounds per family on the GPU (fewer where one call takes long)
+    gpu_check_rounds: ClassVar[int] = 30
+    #: gpu-check: FP32 on the device against FP32 on the CPU, the gate metric's minimum (segrt eval's tolerances)
+    fp32_device_min: ClassVar[float] = 0.99
+    #: gpu-check: I/O binding on against off changes where tensors live, not the arithmetic: near-identical
+    binding_min: ClassVar[float] = 0.999
+    #: the PyTorch peers, as ``"module:function"`` so a task module never imports torch or the benchmarks
+    #: (:func:`resolve`): ``segrt bench``'s row bench ``(bundle, config, precision, torch_cache) -> row | None``
+    #: and gpu-check's PyTorch side ``(bundle, autocast, device) -> call``; None where the task has none
+    bench_row: ClassVar[str | None] = None
+    gpu_check_torch: ClassVar[str | None] = None
+
     def uncached(self) -> dict[str, Any]:
         """``load()`` options that turn the predictor's own result cache off, so every timed call computes
         (SAM: its embedding cache); none by default."""
@@ -161,3 +173,11 @@ class Task:
     importable: ClassVar[bool] = False
     #: ``segrt quantize``'s default tolerance on ``gate_metric`` (what ``--min-score`` overrides); None: no default
     quantize_min_score: ClassVar[float | None] = None
+
+
+def resolve(ref: str) -> Any:
+    """The function a hook names as ``"package.module:function"``, imported when first needed."""
+    import importlib
+
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -96,6 +96,11 @@ class InstanceTask(Task):
     # -- export ----------------------------------------------------------------------------------------
     importable = False
     quantize_min_score = 0.85
+    bench_row = "segrt.benchmarks.cli_bench:instance_row"
+    gpu_check_torch = "segrt.benchmarks.gpu_check_timing:torch_instance"
+    gpu_check_rounds = 12
+    fp32_device_min = 0.90
+    binding_min = 0.99
 
 
 TASK = InstanceTask()

@@ -110,6 +110,10 @@ class SamTask(Task):
     # -- export ----------------------------------------------------------------------------------------
     importable = False
     quantize_min_score = 0.90
+    gpu_check_torch = "segrt.benchmarks.gpu_check_timing:torch_sam"
+    gpu_check_rounds = 12
+    fp32_device_min = 0.90
+    binding_min = 0.99
 
 
 TASK = SamTask()

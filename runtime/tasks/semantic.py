@@ -82,6 +82,8 @@ class SemanticTask(Task):
     # -- export ----------------------------------------------------------------------------------------
     importable = True
     quantize_min_score = 0.98
+    bench_row = "segrt.benchmarks.cli_bench:semantic_row"
+    gpu_check_torch = "segrt.benchmarks.gpu_check_timing:torch_semantic"
 
 
 TASK = SemanticTask()
