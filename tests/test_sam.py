@@ -175,7 +175,10 @@ def test_cli_export_is_the_api_export_with_progress_on_stderr(sam_tiny, tmp_path
     for name in ("encoder.onnx", "decoder.onnx"):
         assert (out / name).read_bytes() == (sam_tiny.bundle / name).read_bytes()
     ours, api = json.loads((out / "segrt.json").read_text()), json.loads((sam_tiny.bundle / "segrt.json").read_text())
+    # the verification's error figures are measured again (float sums vary with thread scheduling); all else equal
+    ours_check, api_check = ours.pop("verification"), api.pop("verification")
     assert ours == api
+    assert ours_check.keys() == api_check.keys() and ours_check["max_logit_rel_error"] < 1e-4
 
 
 @pytest.mark.parametrize("args, message", [
