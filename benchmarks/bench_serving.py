@@ -5,7 +5,9 @@ Rounds interleave the modes (in-process, HTTP, gRPC, in-process, ...), each a sh
 concurrency, so a shared machine's drift hits every mode alike; each round gives a ratio of a
 served mode's p50 latency to in-process p50, and the table reports the median ratio and its range.
 
-    python -m segrt.benchmarks.bench_serving BUNDLE --json OUT.json --markdown OUT.md [--rounds 5 --per-round 8]
+    segrt bench --serving BUNDLE --json OUT.json --markdown OUT.md [--size 256x256 --clients 1,8 --rounds 5]
+
+(``python -m segrt.benchmarks.bench_serving BUNDLE --json OUT.json --markdown OUT.md`` is the same run.)
 """
 
 from __future__ import annotations

@@ -42,3 +42,13 @@ def devices(text: str) -> list[str]:
     if bad or not names:
         raise argparse.ArgumentTypeError(f"devices must be a comma-separated list of {', '.join(DEVICES)}; got {text!r}")
     return names
+
+
+def clients(text: str) -> list[int]:
+    try:
+        values = list(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"client counts must be integers such as 1,8; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"client counts must be >= 1; got {text!r}")
+    return values

@@ -19,7 +19,7 @@ from segrt.runtime.manifest import read_manifest, write_json_atomic, write_text_
 from segrt.runtime.tasks import TASKS, task_for
 from segrt.runtime.tasks.base import resolve
 
-from .cli_args import baselines, batches, devices, precisions
+from .cli_args import baselines, batches, clients, devices, precisions
 
 log = logging.getLogger("segrt")
 
@@ -30,7 +30,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = _bench_config(args)
     modes: tuple[tuple[Any, Callable[[argparse.Namespace, Any], int]], ...] = (
         (args.sam, _bench_sam), (args.precisions, _bench_precisions), (args.stream, _bench_stream),
-        (args.prepost, _bench_prepost))
+        (args.prepost, _bench_prepost), (args.serving, _bench_serving))
     for flag, mode in modes:
         if flag:
             return mode(args, cfg)
@@ -210,6 +210,26 @@ def _bench_stream(args: argparse.Namespace, cfg: Any) -> int:
     return _emit(args, result, markdown_stream(result))
 
 
+def _bench_serving(args: argparse.Namespace, cfg: Any) -> int:
+    """One bundle through a real Triton server (``segrt serve``'s) over HTTP and gRPC against in-process segrt."""
+    import subprocess
+
+    from segrt.runtime.serving.repository import ServeOptions
+
+    from .bench_serving import markdown as markdown_serving
+    from .bench_serving import run
+    from .machine import describe
+
+    if args.quick or len(args.bundles) != 1:
+        raise InvalidInputError("--serving times one bundle: segrt bench --serving BUNDLE [--size HxW --clients 1,8]")
+    size = tuple(args.size[0]) if args.size else (256, 256)
+    options = ServeOptions(max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us)
+    result = run(args.bundles[0].absolute(), size, tuple(args.clients), args.rounds, args.per_round, options)
+    machine = describe(threads=0)
+    lscpu = subprocess.run("lscpu | head", shell=True, capture_output=True, text=True).stdout
+    return _emit(args, {"machine": machine, "lscpu": lscpu, **result}, markdown_serving(result, machine, lscpu))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency per stage against PyTorch eager (needs segrt[export] for --quick)")
     p.add_argument("bundles", nargs="*", type=Path, help="bundles to time (default with --quick: U-Net, DeepLabV3+)")
@@ -244,6 +264,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", action="store_true", help="pipelined video stream against a sequential loop "
                    "(default: PP-OCR's detector, FP32 and calibrated INT8, on vtest.avi and on its 1080p upscale; "
                    "3 pairs of runs, speedup = median pair ratio)")
+    p.add_argument("--serving", action="store_true", help="one bundle through a real Triton server (segrt serve's) "
+                   "over HTTP and gRPC, 1 and N clients, against in-process segrt in interleaved rounds (segrt[serve])")
+    p.add_argument("--clients", type=clients, default=[1, 8], help="--serving: comma-separated concurrencies (default 1,8)")
+    p.add_argument("--rounds", type=int_at_least(1), default=5, help="--serving: interleaved rounds (default 5)")
+    p.add_argument("--per-round", type=int_at_least(1), default=8, help="--serving: requests per mode per round")
+    p.add_argument("--max-batch", type=int_at_least(1), default=8, help="--serving: the server's dynamic batch limit")
+    p.add_argument("--max-queue-delay-us", type=int_at_least(0), default=2000, help="--serving: dynamic batching delay")
     p.add_argument("--source", type=Path, help="--stream: the video for the bundles named (default vtest.avi)")
     p.add_argument("--stream-frames", type=int, default=200, help="--stream: frames per run")
     p.add_argument("--amg-points", type=int_at_least(1), default=32, help="--sam: automatic mask generation points per side")

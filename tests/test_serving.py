@@ -247,3 +247,23 @@ def test_segrt_serve_stops_cleanly_on_sigterm(tmp_path, bundles) -> None:
     assert proc.wait(30) == 0
     assert not group_alive(int(servers[0])) and port_free(http) and port_free(grpc)
     assert not any(w.exists() for w in workspaces)
+
+
+def test_segrt_bench_serving_times_http_and_grpc_against_in_process(tmp_path, bundles) -> None:
+    """`segrt bench --serving`: its own server (stopped after), every served answer checked against in-process
+    segrt at warm-up, and one row per concurrency with each mode's p50 and its ratio to in-process."""
+    from segrt.runtime.cli import main
+
+    out = tmp_path / "serving.json"
+    rc = main(["bench", "--serving", str(bundles["unet"]), "--size", "64x96", "--clients", "1,2", "--rounds", "2",
+               "--per-round", "2", "--json", str(out), "--markdown", str(tmp_path / "serving.md")])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["model"] == "unet" and result["image_hw"] == [64, 96] and result["rounds"] == 2
+    assert [row["clients"] for row in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        for mode in ("http", "grpc"):
+            ratio = row[mode]["p50_vs_inprocess"]
+            assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
+            assert row[mode]["p50_ms"] > 0 and row[mode]["throughput_rps"] > 0
+    assert "| 2 | grpc |" in (tmp_path / "serving.md").read_text()
