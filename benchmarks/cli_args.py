@@ -24,14 +24,22 @@ def baselines(text: str) -> list[str]:
     return ["torch", "compile"] if names == ["compile"] else names
 
 
-def batches(text: str) -> list[int]:
+def _positive_ints(text: str, what: str, example: str) -> list[int]:
     try:
         values = list(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"batch sizes must be integers such as 1,2,4; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{what} must be integers such as {example}; got {text!r}") from None
     if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1; got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be >= 1; got {text!r}")
     return values
+
+
+def batches(text: str) -> list[int]:
+    return _positive_ints(text, "batch sizes", "1,2,4")
+
+
+def clients(text: str) -> list[int]:
+    return _positive_ints(text, "client counts", "1,8")
 
 
 def devices(text: str) -> list[str]:
@@ -43,12 +51,3 @@ def devices(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"devices must be a comma-separated list of {', '.join(DEVICES)}; got {text!r}")
     return names
 
-
-def clients(text: str) -> list[int]:
-    try:
-        values = list(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"client counts must be integers such as 1,8; got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"client counts must be >= 1; got {text!r}")
-    return values
