@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 
 from . import cli_bench, cli_eval
-from .report import compare, markdown
 
-__all__ = ["compare", "markdown", "register"]
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from segrt.runtime.errors import InvalidInputError
 from segrt.runtime.image import list_images, read_image
 from segrt.runtime.loader import load
+from segrt.runtime.manifest import read_manifest
 from segrt.runtime.tasks import task_for
 
 
@@ -94,17 +95,17 @@ def evaluate(bundles: list[Path], devices: list[str], data: Path, reference: Pat
     """``score_threshold`` (instance bundles): COCO AP rewards the low-score tail, so pass the graph's
     floor (e.g. 0.05) to score a bundle as torchvision's own evaluation does."""
     ds = Dataset.open(data)
+    tasks = {read_manifest(b).task for b in [*bundles, *([reference] if reference is not None else [])]}
+    if len(tasks) != 1:
+        raise InvalidInputError(f"all bundles of one evaluation must share a task; got {sorted(tasks)}")
+    task = tasks.pop()
+    evaluator = task_for(task).evaluator(ds, tolerances)  # refuses data without this task's ground truth, or the task
     opts: dict[str, Any] = {"threads": threads, "score_threshold": score_threshold}
     rows = [Row(b, d, load(b, d, **opts)) for b in bundles for d in devices]
     if reference is not None:
         rows.insert(0, Row(reference, "cpu", load(reference, "cpu", **opts), reference=True))
     elif len(rows) > 1:
         rows[0].reference = True
-    tasks = {r.model.manifest.task for r in rows}
-    if len(tasks) != 1:
-        raise InvalidInputError(f"all bundles of one evaluation must share a task; got {sorted(tasks)}")
-    task = tasks.pop()
-    evaluator = task_for(task).evaluator(ds, tolerances)  # refuses data without this task's ground truth
     for row in rows:
         row.state = evaluator.start(row.model)
     from tqdm import tqdm

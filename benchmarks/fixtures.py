@@ -76,7 +76,7 @@ class Recipe:
 
     @property
     def input_spec(self) -> InputSpec:
-        """The preprocessing the exported bundle's manifest will record (see exporter.make_manifest)."""
+        """The preprocessing the exported bundle's manifest will record (see export/models/_semantic.py)."""
         if self.in_channels == 1:
             return InputSpec("image", 1, "gray", mean=(sum(IMAGENET_MEAN) / 3,), std=(sum(IMAGENET_STD) / 3,),
                              intensity="minmax")

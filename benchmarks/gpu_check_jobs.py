@@ -83,7 +83,8 @@ def bench_cuda(families: list[Family], out: Path, device: str = "cuda") -> dict[
     """`segrt bench` as users run it on ``device`` (its PyTorch baseline runs on CUDA for cuda), into ``out``."""
     from segrt.runtime.cli import main as segrt_main
 
-    bundles = [str(f.bundle) for f in families if task_for(f.task).bench_instead is None]  # SAM: not by bundle
+    bundles = [str(f.bundle) for f in families if task_for(f.task).bench_row is not None
+               and task_for(f.task).bench_instead is None]  # what segrt bench times by bundle (not SAM)
     argv = ["bench", *bundles, "--device", device, "--precision", "fp32,fp16", "--iters", "10", "--warmup", "2",
             "--json", str(out / f"bench-{device}.json"), "--markdown", str(out / f"bench-{device}.md")]
     rc = segrt_main(argv)

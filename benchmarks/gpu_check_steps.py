@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from segrt.export import quant_gate
-from segrt.export.quantize import DEFAULT_MIN
 from segrt.runtime.backends import RunnerOptions
 from segrt.runtime.errors import BackendUnavailableError
 from segrt.runtime.loader import load
@@ -128,7 +127,7 @@ def parity(family: Family, variant: Path, device: str, ref: Any, photos: dict[st
     """``variant`` on ``device`` against the FP32 bundle on the CPU provider."""
     task, m = family.task, read_manifest(variant)
     metric = task_for(task).gate_metric
-    minimum = task_for(task).fp32_device_min if m.precision == "fp32" else DEFAULT_MIN[task]
+    minimum = task_for(task).fp32_device_min if m.precision == "fp32" else task_for(task).quantize_min_score
     value, per_image = score(ref, open_model(variant, device, threads), task, photos)
     row = {"family": family.name, "precision": m.precision, "device": device, "reference": "fp32 on cpu",
            "metric": metric, "score": value, "minimum": minimum, "passed": value >= minimum, "images": len(photos),

@@ -78,7 +78,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .models import get_spec
     from .spec import ExportConfig
 
+    from .spec import require_export_deps
+
     spec = get_spec(args.architecture)
+    require_export_deps(spec.deps)  # before the default classes, which may import torchvision
     weights = _weights_arg(args, spec)
     classes, names = _classes(args, spec)
     cfg = ExportConfig(
@@ -174,8 +177,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrator", choices=("minmax", "entropy", "percentile"), default="minmax")
     p.add_argument("--exclude", action="append", metavar="NODE", help="node name kept in float (repeat)")
     p.add_argument("--eval", type=Path, help="held-out images for the gate (default: 4 scikit-image photos)")
-    p.add_argument("--min-score", type=fraction, help="gate tolerance: pixel agreement (semantic, default 0.98) or "
-                   "mean matched mask IoU (instance 0.85, sam 0.90)")
+    p.add_argument("--min-score", type=fraction, help="gate tolerance, the mean of the task's metric (default: " + ", ".join(
+                   f"{t.name} {t.gate_metric} {t.quantize_min_score}" for t in TASKS if t.quantize_min_score) + ")")
     p.add_argument("--io", choices=("fp32", "fp16"), default="fp32", help="fp16: the graph's inputs/outputs too")
     p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
                    help="int8 activations: uint8 for ONNX Runtime CPU, symmetric int8 for TensorRT (same calibration)")

@@ -27,7 +27,7 @@ import numpy as np
 from segrt.runtime.engine import sha256_file
 from segrt.runtime.errors import ExportError, InvalidInputError, SegrtError
 from segrt.runtime.manifest import Manifest, read_manifest, write_manifest
-from segrt.runtime.tasks import TASKS, task_for
+from segrt.runtime.tasks import task_for
 
 from .bundle import atomic_dir
 from .fp16 import to_fp16
@@ -43,9 +43,6 @@ Calibrator = Literal["minmax", "entropy", "percentile"]
 Int8Target = Literal["cpu", "tensorrt"]
 Int8Tool = Literal["ort", "modelopt"]
 
-#: Default tolerances per task (each task's ``quantize_min_score``): semantic pixel agreement, instance/SAM mean
-#: matched mask IoU.
-DEFAULT_MIN = {t.name: t.quantize_min_score for t in TASKS if t.quantize_min_score is not None}
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ class QuantizeConfig:
     calibrator: Calibrator = "minmax"
     exclude: tuple[str, ...] = ()  # node names kept in float
     eval_images: Path | None = None  # held-out images for the gate (default: scikit-image photos)
-    min_score: float | None = None  # None: DEFAULT_MIN for the bundle's task
+    min_score: float | None = None  # None: the bundle's task's quantize_min_score
     fp16_io: bool = False
     #: INT8 activations: "cpu" uint8 asymmetric (ONNX Runtime's fast U8S8 kernels; measured 1.9x FP32
     #: here, where int8 symmetric activations ran 0.9x), "tensorrt" int8 symmetric (what TensorRT's

@@ -25,17 +25,13 @@ Exporter = Literal["dynamo", "torchscript"]
 #: Import names every export needs, with the distribution that provides each; a spec's ``deps`` adds its own.
 COMMON_DEPS = {"torch": "torch", "onnx": "onnx", "onnxscript": "onnxscript", "onnxslim": "onnxslim",
                "skimage": "scikit-image"}
-#: Everything some family needs (what ``pip install 'segrt[export]'`` brings).
-EXPORT_DEPS = {"torch": "torch", "torchvision": "torchvision", "segmentation_models_pytorch": "segmentation-models-pytorch",
-               "segment_anything": "segment-anything",
-               "onnx": "onnx", "onnxscript": "onnxscript", "onnxslim": "onnxslim", "skimage": "scikit-image"}
 SMP_DEPS = {"segmentation_models_pytorch": "segmentation-models-pytorch"}
 TORCHVISION_DEPS = {"torchvision": "torchvision"}
 
 
-def require_export_deps(deps: Mapping[str, str] | None = None) -> None:
+def require_export_deps(deps: Mapping[str, str]) -> None:
     """Fail with the install command, not a traceback, on a runtime-only (edge) install.
-    ``deps``: a spec's own imports (beside :data:`COMMON_DEPS`); None: every family's."""
+    ``deps``: a spec's own imports (beside :data:`COMMON_DEPS`)."""
     import importlib.util
 
     def absent(mod: str) -> bool:
@@ -44,7 +40,7 @@ def require_export_deps(deps: Mapping[str, str] | None = None) -> None:
         except (ImportError, ValueError):  # a broken or blocked install
             return True
 
-    wanted = EXPORT_DEPS if deps is None else {**COMMON_DEPS, **deps}
+    wanted = {**COMMON_DEPS, **deps}
     missing = [dist for mod, dist in wanted.items() if absent(mod)]
     if missing:
         raise ExportError(f"exporting needs {', '.join(missing)}; install them with: pip install 'segrt[export]'")

@@ -1,7 +1,8 @@
 """The ``segrt`` command. Subcommands come from the modules in :data:`COMMAND_MODULES`, each with a
 ``register(subparsers)`` function; they are imported by name so an edge install (no torch) still
 gets ``run`` and ``info``. This module is the composition root: the only place the runtime names
-``segrt.export`` and ``segrt.benchmarks``, and it never imports torch.
+``segrt.export``, and it never imports torch (the task modules name ``segrt.benchmarks`` hooks only as strings or
+lazy imports inside the eval and bench hooks).
 """
 
 from __future__ import annotations

@@ -25,12 +25,23 @@ DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".pgm", ".ppm", ".pbm")
 _DTYPES = (np.uint8, np.uint16)
 #: How the lines start that the decoders print from C: libpng's errors and warnings, libjpeg's warnings
-#: (on images that still decode), OpenCV's own log.
-_DECODER_CHATTER = ("libpng ", "Corrupt JPEG data", "Premature end of JPEG", "Invalid SOS", "Unsupported marker",
-                    "Warning: ", "[ WARN:", "[ERROR:", "[ INFO:")
+#: (on images that still decode). Only these are taken; anything else written to fd 2 while a decode runs (by
+#: another thread, in that window of a millisecond or so) is passed on to stderr unchanged.
+_DECODER_CHATTER = ("libpng ", "Corrupt JPEG data", "Premature end of JPEG", "Invalid SOS", "Unsupported marker")
 log = logging.getLogger("segrt")
 _stderr_lock = threading.Lock()
 _spool: dict[int, IO[bytes]] = {}  # process id -> the temporary file fd 2 is pointed at (one per process)
+
+
+def _reset_after_fork() -> None:
+    """A child forked while another thread held the lock would wait on it forever; it starts afresh."""
+    global _stderr_lock
+    _stderr_lock = threading.Lock()
+    _spool.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _spool_file() -> IO[bytes]:
@@ -58,14 +69,14 @@ def _captured_fd2(sink: list[str]) -> Iterator[None]:
         if saved < 0:
             yield
             return
-        os.dup2(tmp.fileno(), 2)
         try:
+            os.dup2(tmp.fileno(), 2)
             yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            sink.extend(tmp.read().decode("utf-8", "replace").splitlines(keepends=True))
+            sink.extend(tmp.read().decode("utf-8", "surrogateescape").splitlines(keepends=True))
             tmp.seek(0)
             tmp.truncate()
 
@@ -80,7 +91,7 @@ def _imdecode_quiet(data: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
     chatter = [ln.strip() for ln in lines if ln.startswith(_DECODER_CHATTER)]
     others = [ln for ln in lines if not ln.startswith(_DECODER_CHATTER)]
     if others:
-        os.write(2, "".join(others).encode())
+        os.write(2, "".join(others).encode("utf-8", "surrogateescape"))
     return image, chatter
 
 

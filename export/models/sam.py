@@ -110,15 +110,6 @@ def check_variant(variant: str, state: dict[str, Any], path: Path) -> None:
         raise ExportError(f"{path.name} is {what}; you asked for --variant {variant}")
 
 
-def load_checkpoint(model: Any, variant: str, path: Path) -> None:
-    """Load Meta's checkpoint file unchanged; name the variant it really is when it does not fit."""
-    from ..weights import apply_state_dict, read_state_dict
-
-    state = read_state_dict(path)
-    check_variant(variant, state, path)
-    apply_state_dict(model, state, ())
-
-
 def _encoder_class() -> type:
     import torch
 

@@ -72,7 +72,7 @@ class Task:
         raise self._missing("write")
 
     def stages(self, predictor: Any, prompts: dict[str, Any] | None = None) -> Any:
-        """The pre / infer / post stages the stream pipeline (and the stage benchmarks) run."""
+        """The pre / infer / post stages the stream pipeline runs."""
         raise self._missing("stages")
 
     @staticmethod
@@ -130,10 +130,10 @@ class Task:
     fp32_device_min: ClassVar[float] = 0.99
     #: gpu-check: I/O binding on against off changes where tensors live, not the arithmetic: near-identical
     binding_min: ClassVar[float] = 0.999
-    #: the PyTorch peers, as ``"module:function"`` so a task module never imports torch or the benchmarks
-    #: (:func:`resolve`): ``segrt bench``'s row bench ``(bundle, config, precision, torch_cache) -> row | None``
-    #: and gpu-check's PyTorch side ``(bundle, autocast, device) -> call``; None where the task has none
+    #: ``segrt bench``'s row bench against PyTorch, as ``"module:function"`` (:func:`resolve`: a task module never
+    #: imports torch or the benchmarks): ``(bundle, config, precision, torch_cache) -> row | None``; None: not timed
     bench_row: ClassVar[str | None] = None
+    #: gpu-check's PyTorch side, as ``"module:function"``: ``(bundle, autocast, device) -> call``; None: none
     gpu_check_torch: ClassVar[str | None] = None
 
     def uncached(self) -> dict[str, Any]:
