@@ -162,6 +162,15 @@ def markdown(result: dict[str, Any], machine: dict[str, Any], lscpu: str) -> str
     return "\n".join(lines)
 
 
+def record(bundle: Path, size: tuple[int, int], concurrency: tuple[int, ...], rounds: int, per_round: int,
+           options: ServeOptions) -> tuple[dict[str, Any], str]:
+    """:func:`run` with the machine it ran on: the JSON record and its Markdown table."""
+    result = run(bundle.absolute(), size, concurrency, rounds, per_round, options)
+    machine = describe(threads=0)
+    lscpu = subprocess.run("lscpu | head", shell=True, capture_output=True, text=True).stdout
+    return {"machine": machine, "lscpu": lscpu, **result}, markdown(result, machine, lscpu)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m segrt.benchmarks.bench_serving", description=__doc__.splitlines()[0])
     p.add_argument("bundle", type=Path)
@@ -178,12 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     h, w = (int(v) for v in args.size.lower().split("x"))
     options = ServeOptions(max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
                            instances=args.instances)
-    result = run(args.bundle.absolute(), (h, w), tuple(int(c) for c in args.clients.split(",")), args.rounds,
-                 args.per_round, options)
-    machine = describe(threads=0)
-    lscpu = subprocess.run("lscpu | head", shell=True, capture_output=True, text=True).stdout
-    write_json_atomic(args.json, {"machine": machine, "lscpu": lscpu, **result})
-    write_text_atomic(args.markdown, markdown(result, machine, lscpu))
+    result, table = record(args.bundle, (h, w), tuple(int(c) for c in args.clients.split(",")), args.rounds,
+                           args.per_round, options)
+    write_json_atomic(args.json, result)
+    write_text_atomic(args.markdown, table)
     print(args.markdown.read_text())
     return 0
 

@@ -212,22 +212,16 @@ def _bench_stream(args: argparse.Namespace, cfg: Any) -> int:
 
 def _bench_serving(args: argparse.Namespace, cfg: Any) -> int:
     """One bundle through a real Triton server (``segrt serve``'s) over HTTP and gRPC against in-process segrt."""
-    import subprocess
-
     from segrt.runtime.serving.repository import ServeOptions
 
-    from .bench_serving import markdown as markdown_serving
-    from .bench_serving import run
-    from .machine import describe
+    from .bench_serving import record
 
     if args.quick or len(args.bundles) != 1:
         raise InvalidInputError("--serving times one bundle: segrt bench --serving BUNDLE [--size HxW --clients 1,8]")
     size = tuple(args.size[0]) if args.size else (256, 256)
     options = ServeOptions(max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us)
-    result = run(args.bundles[0].absolute(), size, tuple(args.clients), args.rounds, args.per_round, options)
-    machine = describe(threads=0)
-    lscpu = subprocess.run("lscpu | head", shell=True, capture_output=True, text=True).stdout
-    return _emit(args, {"machine": machine, "lscpu": lscpu, **result}, markdown_serving(result, machine, lscpu))
+    result, table = record(args.bundles[0], size, tuple(args.clients), args.rounds, args.per_round, options)
+    return _emit(args, result, table)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
