@@ -1,0 +1,89 @@
+"""Interleaved pairs: every comparison in ``segrt bench`` times its sides call by call, on the same input.
+
+A shared, noisy machine slows whatever runs while the noise lasts. Timing all of one side's iterations and
+then all of the other's puts that noise on one side only; alternating the sides round by round (A, B, A, B,
+the order rotated each round so neither always runs first) puts it on both, and the ratio of the two calls
+of one round cancels it. A verdict uses the *median of the per-round ratios*, reported with its spread.
+
+A *side* is ``fn(i) -> {stage: ms}`` (at least ``"e2e"``) for input ``i``; :func:`timed_side` turns a
+plain call into one. Usage::
+
+    result = interleave({"segrt": ours, "torch": theirs}, reference="segrt", rounds=20, warmup=3)
+    result["ratios"]["torch"]["median"]   # torch ms / segrt ms, round by round: > 1 means segrt is faster
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+StageFn = Callable[[int], Mapping[str, float]]
+
+#: A ``seconds`` budget still takes this many rounds, so a median never rests on one or two pairs.
+MIN_ROUNDS = 3
+
+
+def timed_side(fn: Callable[[int], Any]) -> StageFn:
+    """A side whose only stage is the call's wall time, ``{"e2e": ms}``."""
+    def side(i: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        fn(i)
+        return {"e2e": (time.perf_counter() - t0) * 1e3}
+
+    return side
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    return {
+        "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()), "fps": float(1000.0 / a.mean()),
+    }
+
+
+def ratio_stats(ratios: list[float]) -> dict[str, float]:
+    """Median of the per-round ratios and its spread (quartiles and range)."""
+    a = np.asarray(ratios, dtype=np.float64)
+    q1, med, q3 = np.percentile(a, [25, 50, 75])
+    return {"median": float(med), "q1": float(q1), "q3": float(q3), "min": float(a.min()), "max": float(a.max()),
+            "pairs": len(ratios)}
+
+
+def _round(sides: list[tuple[str, StageFn]], i: int) -> dict[str, Mapping[str, float]]:
+    """One call per side on input ``i``, the order rotated by ``i``."""
+    k = len(sides)
+    return {name: fn(i) for name, fn in (sides[(i + j) % k] for j in range(k))}
+
+
+def interleave(sides: Mapping[str, StageFn], reference: str, rounds: int = 20, warmup: int = 3,
+               seconds: float | None = None, stage: str = "e2e") -> dict[str, Any]:
+    """Time ``sides`` in interleaved rounds: ``warmup`` untimed rounds, then ``rounds`` timed ones (or, with
+    ``seconds``, rounds until that much wall time has passed, at least :data:`MIN_ROUNDS`).
+
+    Returns ``{"rounds": n, "order": "rotated", "sides": {name: {stage: percentiles}}, "ratios": {name:
+    ratio_stats}}`` where each ratio is ``name``'s ``stage`` ms over the reference's in the same round (so
+    > 1 means the reference is faster), for every side but the reference."""
+    if reference not in sides:
+        raise KeyError(f"reference side {reference!r} is not among {sorted(sides)}")
+    if rounds < 1 and seconds is None:
+        raise ValueError(f"need rounds >= 1; got {rounds}")
+    order = list(sides.items())
+    for i in range(warmup):
+        _round(order, i)
+    runs: list[dict[str, Mapping[str, float]]] = []
+    start = time.perf_counter()
+    while (len(runs) < rounds) if seconds is None else (len(runs) < MIN_ROUNDS or time.perf_counter() - start < seconds):
+        runs.append(_round(order, len(runs)))
+    stats = {name: {s: percentiles([r[name][s] for r in runs]) for s in runs[0][name]} for name in sides}
+    ratios = {name: ratio_stats([r[name][stage] / r[reference][stage] for r in runs])
+              for name in sides if name != reference}
+    return {"rounds": len(runs), "order": "rotated", "stage": stage, "reference": reference,
+            "sides": stats, "ratios": ratios}
+
+
+def fmt_ratio(r: Mapping[str, float]) -> str:
+    """``1.52x [1.41-1.60]``: the median pair ratio and its interquartile range."""
+    return f"{r['median']:.2f}x [{r['q1']:.2f}-{r['q3']:.2f}]"
