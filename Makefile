@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml cpp_ext/native.cpp
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[export,dev,serve]"
+	$(BIN)/pip install -q -e ".[export,dev,serve,medical,bench]"
 	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
 	touch $(STAMP)
 
