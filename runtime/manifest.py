@@ -175,6 +175,7 @@ class Manifest:
     verification: dict[str, Any] = field(default_factory=dict)
     detection: DetectionSpec | None = None  # task "instance"
     sam: SamSpec | None = None  # task "sam"
+    volume: dict[str, Any] | None = None  # task "volume": parsed and checked by runtime/volume_spec.py
     quantization: dict[str, Any] = field(default_factory=dict)  # FP16/INT8 variants: what, how, gate numbers
     format_version: int = FORMAT_VERSION
 
