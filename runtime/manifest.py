@@ -160,6 +160,31 @@ class SamSpec:
             raise ModelFormatError("sam needs embedding_shape [C, H, W], low_res_size >= 1 and mask_tokens >= 2")
 
 
+Scaling = Literal["pixels", "fixed", "prompts"]
+
+
+@dataclass(frozen=True)
+class GraphCompute:
+    """One graph's FLOPs, counted once at export (``segrt.benchmarks.limits``), for one image (one prompt).
+
+    ``at`` is where it was counted: the image input's [H, W], or [prompts, points] for a prompt graph.
+    ``scales``: "pixels", proportional to the graph input's H x W (a convnet with dynamic H/W); "fixed", the
+    same at every size (SAM's 1024 encoder); "prompts", ``flops + per_prompt * (prompts - 1)`` (SAM's decoder).
+    """
+
+    flops: int
+    at: tuple[int, ...]
+    scales: Scaling
+    counter: str = "torch.utils.flop_counter"
+    per_prompt: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice(self.scales, Scaling, "compute.scales")
+        if self.flops < 0 or (self.per_prompt is not None) != (self.scales == "prompts"):
+            raise ModelFormatError(f"compute needs flops >= 0, and per_prompt exactly when scales is 'prompts'; "
+                                   f"got flops {self.flops}, scales {self.scales!r}, per_prompt {self.per_prompt}")
+
+
 @dataclass(frozen=True)
 class Manifest:
     task: Task
@@ -177,6 +202,8 @@ class Manifest:
     sam: SamSpec | None = None  # task "sam"
     volume: dict[str, Any] | None = None  # task "volume": parsed and checked by runtime/volume_spec.py
     quantization: dict[str, Any] = field(default_factory=dict)  # FP16/INT8 variants: what, how, gate numbers
+    #: FLOPs per graph file, counted at export; absent in older bundles (segrt.benchmarks.limits counts the ONNX)
+    compute: dict[str, GraphCompute] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -212,6 +239,8 @@ class Manifest:
             if inp.get("size") is not None:
                 inp["size"] = tuple(int(v) for v in inp["size"])
             fields = {k: v for k, v in data.items() if k not in ("input", "output", "classes", "detection", "sam")}
+            fields["compute"] = {str(f): GraphCompute(**{**c, "at": tuple(int(v) for v in c["at"])})
+                                 for f, c in (data.get("compute") or {}).items()}
             if data.get("detection") is not None:
                 fields["detection"] = DetectionSpec(**data["detection"])
             if data.get("sam") is not None:
