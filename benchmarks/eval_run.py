@@ -59,6 +59,7 @@ class Dataset:
     labels: Path | None  # folder of class-id PNGs
     coco: Path | None  # annotations.json
     ids: dict[str, int]  # COCO image id by file name
+    panoptic: Path | None = None  # COCO panoptic ground truth: panoptic.json beside panoptic/<stem>.png
 
     @classmethod
     def open(cls, root: Path) -> Dataset:
@@ -76,9 +77,11 @@ class Dataset:
                 ids = {im["file_name"]: int(im["id"]) for im in json.loads(coco.read_text())["images"]}
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise InvalidInputError(f"{coco} is not a COCO annotation file ({type(exc).__name__}: {exc})") from None
-        if labels is None and coco is None:
-            raise InvalidInputError(f"{str(root)!r} has neither labels/ nor annotations.json: nothing to score against")
-        return cls(root, images, labels, coco, ids)
+        panoptic = root / "panoptic.json" if (root / "panoptic.json").is_file() else None
+        if labels is None and coco is None and panoptic is None:
+            raise InvalidInputError(f"{str(root)!r} has neither labels/, annotations.json nor panoptic.json: nothing "
+                                    "to score against")
+        return cls(root, images, labels, coco, ids, panoptic)
 
     def truth(self, image: Path) -> np.ndarray:
         assert self.labels is not None

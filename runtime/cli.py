@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from .errors import SegrtError
 
-COMMAND_MODULES = ("segrt.runtime.commands", "segrt.runtime.sam_cli", "segrt.runtime.stream_cli", "segrt.runtime.serving.commands", "segrt.export.commands", "segrt.export.build_cli",
+COMMAND_MODULES = ("segrt.runtime.commands", "segrt.runtime.sam_cli", "segrt.runtime.panoptic_cli", "segrt.runtime.stream_cli", "segrt.runtime.serving.commands", "segrt.export.commands", "segrt.export.build_cli",
                    "segrt.benchmarks.commands")
 
 
