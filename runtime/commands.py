@@ -39,7 +39,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     seg = task.load(args.bundle, args.device, threads=args.threads, max_pixels=args.max_pixels,
                     score_threshold=args.score_threshold)
     log.info("running on %s (%s)", seg.device, seg.runner.name)
-    images = _inputs(args.input)
+    own = task.run_inputs(args.input)  # volumes read their own inputs (a DICOM folder is one); None: images
+    images = own if own is not None else _inputs(args.input)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -47,6 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = 0
     for path in tqdm(images, disable=len(images) < 2, unit="img", file=sys.stderr):
         try:
+            if own is not None:
+                task.run_one(seg, path, args.out)
+                continue
             image = read_image(path, max_pixels=seg.max_pixels)  # decoded once: segment, then draw
             res = seg(image)
             task.write(res, image, args.out, path.stem, path)
@@ -127,7 +131,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="segment an image or a folder of images with a bundle")
     p.add_argument("bundle", type=Path)
-    p.add_argument("--input", "-i", type=Path, required=True, help="an image file or a folder of images")
+    p.add_argument("--input", "-i", type=Path, required=True, help="an image file or a folder of images "
+                   "(volume bundles: a NIfTI/.npy file, a DICOM series folder, or a folder of volumes)")
     p.add_argument("--out", "-o", type=Path, required=True,
                    help="folder for <stem>.labels.png (semantic) or <stem>.instances.json (instance: COCO results; "
                    "<stem>.image.json its image entry) and <stem>.overlay.jpg")

@@ -67,6 +67,15 @@ class Task:
         raise self._missing("runners")
 
     # -- segrt run and segrt stream ------------------------------------------------------------------
+    def run_inputs(self, path: Path) -> list[Path] | None:
+        """What ``segrt run --input PATH`` segments one by one when this task reads its own inputs (volumes: a
+        file, or a DICOM series folder, is one input); None, the default: images (a file or a folder of them)."""
+        return None
+
+    def run_one(self, predictor: Any, path: Path, out_dir: Path) -> list[Path]:
+        """``segrt run`` for one input of :meth:`run_inputs`: segment it, write what it saves (atomically)."""
+        raise self._missing("run_one")
+
     def write(self, result: Any, image: np.ndarray, out_dir: Path, stem: str, source: Path) -> list[Path]:
         """What ``segrt run`` saves for one image (atomically), beside ``<stem>.overlay.jpg``; the paths written."""
         raise self._missing("write")
