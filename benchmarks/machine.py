@@ -77,3 +77,30 @@ def describe(threads: int) -> dict[str, object]:
         "segrt": _version("segrt"),
         "commit": _commit(),
     }
+
+
+def machine_class(machine: dict[str, object] | None = None) -> str:
+    """The short name results are filed under: ``gpu-h200`` on a GPU (its model, from ``machine["gpu"]``),
+    else ``cpu-<vendor family>-<cores>core`` (``cpu-epyc-2core``, ``cpu-xeon-2core``). ``machine`` is a
+    :func:`describe` record (a recorded result's ``machine``); without one, this machine's."""
+    if machine is None:
+        machine = {"cpu": _cpu_model(), "cores": os.cpu_count(), "gpu": _gpu()}
+    gpu = machine.get("gpu")
+    if isinstance(gpu, dict) and gpu.get("name"):
+        return "gpu-" + _slug(str(gpu["name"]).removeprefix("NVIDIA ").removeprefix("Tesla "))
+    return f"cpu-{_cpu_family(str(machine.get('cpu') or 'unknown'))}-{machine.get('cores') or 0}core"
+
+
+def _cpu_family(model: str) -> str:
+    """``AMD EPYC 9654 96-Core Processor`` -> ``epyc``; ``Intel(R) Xeon(R) Gold 6348`` -> ``xeon``; else the
+    model's first word that is not a vendor name."""
+    words = [w for w in _slug(model.replace("(R)", " ").replace("(TM)", " ")).split("-") if w]
+    for family in ("epyc", "xeon", "ryzen", "threadripper", "core", "neoverse", "graviton", "apple"):
+        if family in words:
+            return family
+    rest = [w for w in words if w not in ("amd", "intel", "arm", "cpu", "processor")]
+    return rest[0] if rest else "unknown"
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())

@@ -1,0 +1,162 @@
+"""benchmarks/results: the history (one JSON line per recorded run), the index and latest files made from it,
+the folding of the old per-run files, and the ratio chart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from segrt.benchmarks import history
+from segrt.benchmarks.headlines import headline
+from segrt.benchmarks.machine import describe, machine_class
+from segrt.benchmarks.pairs import ratio_stats
+from segrt.benchmarks.plot import bars_of, plot_results
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The commit that still held the per-run files beside the history that folded them.
+FOLDED_AT = "FOLD_COMMIT"
+
+
+def test_history_lines_parse_and_their_headlines_are_derived() -> None:
+    runs = history.read_history()
+    ids = [r["id"] for r in runs]
+    assert len(runs) >= 43 and len(set(ids)) == len(ids)
+    for run in runs:
+        assert run["id"].startswith(run["date"]) and run["machine"].startswith(("cpu-", "gpu-")), run["id"]
+        assert isinstance(run["result"], (dict, str)) and run["what"]
+        if isinstance(run["result"], dict):  # Markdown-only runs carry a headline written from their text
+            assert run["headline"] == headline(run["kind"], run["result"]), run["id"]
+            if isinstance(run["result"].get("machine"), dict):
+                assert run["commit"] == run["result"]["machine"]["commit"]
+                assert run["machine"] == machine_class(run["result"]["machine"])
+
+
+def test_index_and_latest_files_are_up_to_date() -> None:
+    """The committed README.md is what `history index` writes; each latest-<machine>.json is that machine's
+    newest bench run, as recorded."""
+    runs = history.read_history()
+    assert history.INDEX.read_text() == history.render_index(runs), "run: python -m segrt.benchmarks.history index"
+    latest = history.latest_runs(runs)
+    assert {"cpu-epyc-2core", "cpu-xeon-2core"} <= set(latest)
+    for machine, run in latest.items():
+        assert json.loads((history.RESULTS / f"latest-{machine}.json").read_text()) == run["result"]
+        assert (history.RESULTS / f"latest-{machine}.png").is_file()
+        assert f"`{run['id']}`" in history.INDEX.read_text()
+
+
+def _folded_files() -> dict[str, str]:
+    """The per-run files as they were when folded: from the work tree while they are there, else from git."""
+    here = sorted(p for p in history.RESULTS.glob("20*-*") if p.suffix in (".json", ".md"))
+    if here:
+        return {p.name: p.read_text() for p in here}
+    try:
+        names = subprocess.run(["git", "ls-tree", "--name-only", f"{FOLDED_AT}:benchmarks/results"], cwd=ROOT,
+                               capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip(f"not a git checkout holding {FOLDED_AT} (a shallow clone?): the folded files are not here")
+    names = [n for n in names if n.startswith("20") and n.endswith((".json", ".md"))]
+    spec = "".join(f"{FOLDED_AT}:benchmarks/results/{n}\n" for n in names)
+    out = subprocess.run(["git", "cat-file", "--batch"], cwd=ROOT, input=spec.encode(), capture_output=True,
+                         check=True, timeout=60).stdout
+    files, pos = {}, 0
+    for name in names:
+        header_end = out.index(b"\n", pos)
+        size = int(out[pos:header_end].split()[2])
+        files[name] = out[header_end + 1 : header_end + 1 + size].decode()
+        pos = header_end + 2 + size
+    return files
+
+
+def test_folding_the_per_run_files_was_lossless() -> None:
+    """Every folded JSON equals its history line's result, every Markdown its line's markdown (or, for runs
+    recorded only as Markdown, its result); no file was left out."""
+    files = _folded_files()
+    runs = {r["id"]: r for r in history.read_history()}
+    stems = {Path(n).stem for n in files}
+    assert len(stems) == 43 and stems <= set(runs)
+    for name, text in files.items():
+        run = runs[Path(name).stem]
+        if name.endswith(".json"):
+            assert run["result"] == json.loads(text), name
+        elif f"{Path(name).stem}.json" in files:
+            assert run["markdown"] == text, name
+        else:
+            assert run["result"] == text and run["markdown"] is None, name
+
+
+def _synthetic_result() -> dict:
+    """A result as `segrt bench --quick --json` writes it, with pairs on some rows and not on others."""
+    rng = np.random.default_rng(0)
+    stats = {peer: ratio_stats(list(rng.normal(mu, 0.05, 12))) for peer, mu in
+             (("torch", 1.4), ("ort_default", 1.02), ("openvino", 0.97))}
+    e2e = {"stages": {"e2e": {"p50": 150.0}}}
+    paired = {"model": "unet/resnet34", "precision": "fp32", "size": [512, 512], "batch": 1, "segrt": e2e,
+              "torch": e2e, "speedup_vs_torch": 1.3, "pairs": stats}
+    old = {"model": "deeplabv3plus/resnet50", "precision": "int8", "size": [512, 512], "batch": 2, "segrt": e2e,
+           "torch": e2e, "speedup_vs_torch": 1.7}
+    lonely = {"model": "imported", "precision": "fp32", "size": [96, 128], "segrt": e2e}
+    skipped = {"model": "unet/resnet34", "device": "tensorrt", "skipped": "no TensorRT here"}
+    sam = {"model": "sam/vit_b", "encoder": {"speedup": 1.6, "pairs": {"segment-anything": stats["torch"]}},
+           "decoder_64": {"speedup": 4.0}, "amg": {"pairs": {"segment-anything": {"median": 3.0}}}}
+    return {"machine": describe(1), "results": [paired, old, lonely, skipped], "sam": [sam]}
+
+
+def test_the_chart_shows_paired_ratios_and_skips_what_is_missing(tmp_path) -> None:
+    result = _synthetic_result()
+    bars = bars_of(result)
+    got = [(b.label, b.peer, b.stats is not None) for b in bars]
+    assert got == [("unet/resnet34 fp32 512x512", "torch", True), ("unet/resnet34 fp32 512x512", "ort_default", True),
+                   ("unet/resnet34 fp32 512x512", "openvino", True),
+                   ("deeplabv3plus/resnet50 int8 512x512 x2", "torch", False),
+                   ("imported fp32 96x128", "no peer", False),
+                   ("sam/vit_b encoder", "segment-anything", True), ("sam/vit_b decoder x64", "segment-anything", False)]
+    assert bars[0].value == result["results"][0]["pairs"]["torch"]["median"] and bars[3].value == 1.7
+    out = tmp_path / "chart.png"
+    plot_results(result, out)
+    png = cv2.imread(str(out))
+    assert png is not None and png.shape[0] > 300 and png.shape[1] > 900
+    assert [p.name for p in tmp_path.iterdir()] == ["chart.png"]  # the temporary file was renamed
+
+
+def test_a_chart_that_cannot_be_written_leaves_nothing(tmp_path) -> None:
+    from segrt.runtime.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="cannot write"):
+        plot_results(_synthetic_result(), tmp_path / "missing" / "chart.png")
+    with pytest.raises(InvalidInputError, match="no results to plot"):
+        plot_results({"machine": {}, "results": [{"skipped": "no device"}]}, tmp_path / "chart.png")
+    assert not list(tmp_path.rglob("*"))
+
+
+def test_add_show_index_latest_round_trip(tmp_path, capsys) -> None:
+    """`history add` appends a line and rewrites the index beside it; `show` gives the result back unchanged;
+    `latest` writes the machine's three files; bad input is one line and exit code 2."""
+    hist = tmp_path / "history.jsonl"
+    result = _synthetic_result()
+    (tmp_path / "run.json").write_text(json.dumps(result))
+    (tmp_path / "run.md").write_text("| the run's table |\n")
+    for _ in range(2):
+        assert history.main(["--history", str(hist), "add", str(tmp_path / "run.json"), "--what", "a test",
+                             "--markdown", str(tmp_path / "run.md")]) == 0
+    runs = history.read_history(hist)
+    machine = machine_class(result["machine"])
+    assert [r["id"] for r in runs] == [f"{runs[0]['date']}-bench-{machine}", f"{runs[0]['date']}-bench-{machine}-run2"]
+    assert runs[1]["result"] == result and runs[1]["headline"]["unet/resnet34 fp32 512x512"].startswith("150 ms, 1.40x [")
+    assert (tmp_path / "README.md").read_text() == history.render_index(runs)
+    assert history.main(["--history", str(hist), "show", runs[1]["id"], "--out", str(tmp_path / "back.json")]) == 0
+    assert json.loads((tmp_path / "back.json").read_text()) == result
+    assert history.main(["--history", str(hist), "latest"]) == 0
+    assert {p.name for p in tmp_path.glob("latest-*")} == {f"latest-{machine}.{e}" for e in ("json", "md", "png")}
+    assert (tmp_path / f"latest-{machine}.md").read_text().endswith("a test\n\n| the run's table |\n")
+    capsys.readouterr()
+    (tmp_path / "bad.json").write_text("[1, 2")
+    for argv in (["add", str(tmp_path / "bad.json"), "--what", "x"], ["show", "no-such-run"]):
+        assert history.main(["--history", str(hist), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+    assert len(history.read_history(hist)) == 2 and not list(tmp_path.glob(".*tmp*"))
