@@ -165,6 +165,7 @@ def write_latest(runs: list[dict[str, Any]], out_dir: Path = RESULTS, machine: s
     from .plot import plot_results
 
     chosen = latest_runs(runs)
+    machine = machine_class() if machine == "this" else machine
     if machine is not None:
         if machine not in chosen:
             raise InvalidInputError(f"no bench run on {machine!r}; machines with one: {', '.join(chosen) or 'none'}")
@@ -223,7 +224,7 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--kind", help="bench, sam, stream, prepost, ... (default: from the result's keys)")
     sub.add_parser("index", help="regenerate README.md beside the history")
     latest = sub.add_parser("latest", help="write latest-<machine>.{json,md,png} beside the history")
-    latest.add_argument("--machine", help="only this machine class (default: every one)")
+    latest.add_argument("--machine", help="only this machine class ('this': this machine's; default: every one)")
     show = sub.add_parser("show", help="print one run's result")
     show.add_argument("id")
     show.add_argument("--out", type=Path, help="write it here instead")
