@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml cpp_ext/native.cpp
 
 # Main job: export the default models (seeded weights: U-Net, DeepLabV3+, Mask R-CNN, SAM vit_b) and time them
 # against PyTorch on this machine: table on the terminal, JSON, Markdown and a PNG chart.
+# The run is appended to benchmarks/results/history.jsonl (index regenerated) and becomes this machine class's
+# benchmarks/results/latest-<machine>.{json,md,png}; WHAT="..." says what changed since the last run.
+WHAT ?= make bench
 bench: $(STAMP)
-	$(BIN)/segrt bench --quick --json benchmarks/results/latest.json --markdown benchmarks/results/latest.md --plot benchmarks/results/latest.png
+	mkdir -p .cache
+	$(BIN)/segrt bench --quick --json .cache/bench-run.json --markdown .cache/bench-run.md
+	$(BIN)/python -m segrt.benchmarks.history add .cache/bench-run.json --markdown .cache/bench-run.md --what "$(WHAT)"
+	$(BIN)/python -m segrt.benchmarks.history latest --machine this
 
 # The test suite (what CI runs): all of it with the C++ pre/post kernels, then its fast part again with
 # their NumPy twin (SEGRT_PREPOST=reference). The quick fixtures are trained (or found in the cache) first,
