@@ -1,7 +1,9 @@
-"""Mask R-CNN latency: segrt (graph without paste, masks pasted inside their boxes) against
-torchvision eager and against the naive export that pastes every mask at full resolution in-graph.
+"""Mask R-CNN latency: segrt (graph without paste, masks pasted inside their boxes) against torchvision
+eager, the naive export that pastes every mask at full resolution in-graph, and the engine peers (default
+ONNX Runtime, OpenVINO) on segrt's own graph with segrt's pre/post, in interleaved pairs (see
+:mod:`benchmarks.bench`: sides built and measured for memory one by one, then timed round by round).
 
-All three see the same photos at the same thread count and return the same detections: torchvision's
+All see the same photos at the same thread count and return the same detections: torchvision's
 ``box_score_thresh`` is set to the bundle's score threshold, so nobody pastes masks that are dropped.
 Weights are seeded (detections are many and confident, the worst case for pasting) and labelled so.
 """
@@ -10,15 +12,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segrt.runtime.errors import BackendUnavailableError
 from segrt.runtime.instance import InstanceSegmenter
 from segrt.runtime.manifest import read_manifest
 
-from .bench import BenchConfig, PeakRss, _timed, cache_dir, cold_start, photos
+from . import peers
+from .bench import BenchConfig, add_side, build_peer, cache_dir, engine_sides, paired_row, photos, row_identity
+from .timing import Side, measure_side
 
 log = logging.getLogger("segrt")
 
@@ -50,10 +56,22 @@ def _torch_model(bundle: Path) -> Any:
     return model
 
 
-def bench_segrt_instance(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
+def _counted(counts: list[int]) -> Callable[[], dict[str, Any]]:
+    """The side's mean detections per image over the calls since the last look."""
+    def done() -> dict[str, Any]:
+        mean = float(np.mean(counts)) if counts else float("nan")
+        counts.clear()
+        return {"mean_detections": mean}
+    return done
+
+
+def segrt_instance(bundle: Path, images: list[np.ndarray], cfg: BenchConfig) -> tuple[Side, InstanceSegmenter]:
     counts: list[int] = []
-    with PeakRss(gpu=cfg.torch_device == "cuda") as mem:
-        det, load_ms, first_ms = cold_start(lambda: InstanceSegmenter(bundle, cfg.device, threads=cfg.threads), images[0])
+    made: list[InstanceSegmenter] = []
+
+    def build() -> peers.Built:
+        det = InstanceSegmenter(bundle, cfg.device, threads=cfg.threads)
+        made.append(det)
 
         def one(i: int) -> dict[str, float]:
             t0 = time.perf_counter()
@@ -65,23 +83,21 @@ def bench_segrt_instance(bundle: Path, images: list[np.ndarray], cfg: BenchConfi
             t3 = time.perf_counter()
             return {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "e2e": (t3 - t0) * 1e3}
 
-        stages = _timed(one, cfg)
-    return {"backend": det.runner.name, "load_ms": load_ms, "first_inference_ms": first_ms, "stages": stages,
-            "memory": mem.record(),
-            "mean_detections": float(np.mean(counts))}
+        return one, {"backend": det.runner.name}
+
+    side = measure_side(build, gpu=cfg.torch_device == "cuda")
+    side.done = _counted(counts)
+    return side, made[0]
 
 
-def bench_torch_instance(model: Any, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
+def torch_instance(model: Any, images: list[np.ndarray], cfg: BenchConfig, counts: list[int]) -> peers.Built:
     """torchvision's own forward, stage by stage: transform, network, postprocess (paste)."""
     import torch
 
-    from .bench import _torch_device
-
-    device = _torch_device(cfg)
+    device = peers.torch_device(cfg.torch_device)
     model = model.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.set_num_threads(cfg.threads)
-    counts: list[int] = []
 
     def one(i: int) -> dict[str, float]:
         image = images[i % len(images)]
@@ -103,13 +119,7 @@ def bench_torch_instance(model: Any, images: list[np.ndarray], cfg: BenchConfig)
         counts.append(len(dets[0]["scores"]))
         return {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "e2e": (t3 - t0) * 1e3}
 
-    with PeakRss() as mem:
-        stages = _timed(one, cfg)
-    memory = mem.record()
-    if device.type == "cuda":
-        memory["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return {"backend": f"torch-eager-{torch.__version__}-{device.type}", "stages": stages, "memory": memory,
-            "mean_detections": float(np.mean(counts))}
+    return one, {"backend": f"torch-eager-{torch.__version__}-{device.type}"}
 
 
 def export_in_graph_paste(model: Any, path: Path) -> None:
@@ -130,13 +140,12 @@ def export_in_graph_paste(model: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def bench_in_graph_paste(path: Path, images: list[np.ndarray], cfg: BenchConfig) -> dict[str, Any]:
+def in_graph_paste(path: Path, images: list[np.ndarray], cfg: BenchConfig, counts: list[int]) -> peers.Built:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    counts: list[int] = []
 
     def one(i: int) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -147,36 +156,41 @@ def bench_in_graph_paste(path: Path, images: list[np.ndarray], cfg: BenchConfig)
         counts.append(len(scores))
         return {"e2e": (t1 - t0) * 1e3}
 
-    return {"backend": "onnxruntime-cpu, paste in graph", "stages": _timed(one, cfg),
-            "mean_detections": float(np.mean(counts))}
+    return one, {"backend": "onnxruntime-cpu, paste in graph"}
 
 
-def bench_instance(bundle: Path, cfg: BenchConfig, in_graph_paste: bool = True,
-                   torch_cache: dict[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """One row: the bundle on ``cfg.device``, torchvision eager on the same photos (shared through
-    ``torch_cache`` between precisions), and on the CPU the naive in-graph-paste export."""
-    from .bench import _baseline, segrt_row
+def _counted_side(build: Callable[[list[int]], peers.Built], cfg: BenchConfig) -> Side | str:
+    counts: list[int] = []
+    side = build_peer(lambda: build(counts), cfg)
+    if isinstance(side, Side):
+        side.done = _counted(counts)
+    return side
 
+
+def bench_instance(bundle: Path, cfg: BenchConfig, in_graph_paste_side: bool = True,
+                   torch_cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+    """One row: the bundle on ``cfg.device`` in interleaved pairs with torchvision eager (its built model
+    shared through ``torch_cache`` between precisions, its timings never), the engine peers and, on the CPU,
+    the naive in-graph-paste export."""
     m = read_manifest(bundle)
     images = photos(cfg.size)
-    row = segrt_row(bundle, cfg, 1, lambda: bench_segrt_instance(bundle, images, cfg))
-    if "skipped" in row:
-        return row
-    st = row["segrt"]["stages"]
+    row = row_identity(bundle, cfg, 1)
+    try:
+        segrt_side, det = segrt_instance(bundle, images, cfg)
+    except BackendUnavailableError as exc:
+        return row | {"skipped": str(exc)}
+    sides, notes = {"segrt": segrt_side}, {}
     if cfg.baseline:
-        model = _torch_model(bundle)
         cache = torch_cache if torch_cache is not None else {}
         ident = ("maskrcnn", m.encoder, m.num_classes, m.input.min_size, m.input.max_size, cfg.size, cfg.torch_device)
         if ident not in cache:
-            cache[ident] = _baseline(lambda: bench_torch_instance(model, images, cfg))
-        if "stages" in cache[ident]:
-            row["torch"] = cache[ident]
-            row["speedup_vs_torch"] = row["torch"]["stages"]["e2e"]["p50"] / st["e2e"]["p50"]
-        else:
-            row["torch_skipped"] = cache[ident]["skipped"]
-        if in_graph_paste and cfg.torch_device == "cpu":
+            model = _torch_model(bundle)
+            cache[ident] = (model, _counted_side(lambda c: torch_instance(model, images, cfg, c), cfg))
+        add_side(sides, notes, "torch", cache[ident][1])
+        if in_graph_paste_side and cfg.torch_device == "cpu":
             path = bundle / "in_graph_paste.onnx"
-            export_in_graph_paste(model, path)
-            row["in_graph_paste"] = bench_in_graph_paste(path, images, cfg)
-            row["speedup_vs_in_graph_paste"] = row["in_graph_paste"]["stages"]["e2e"]["p50"] / st["e2e"]["p50"]
-    return row
+            export_in_graph_paste(cache[ident][0], path)
+            add_side(sides, notes, "in_graph_paste", _counted_side(lambda c: in_graph_paste(path, images, cfg, c), cfg))
+    engine_sides(lambda n: _counted_side(lambda c: peers.instance_engine(n, det, images, cfg.threads, c), cfg), cfg,
+                 segrt_side.info["backend"], sides, notes)
+    return paired_row(row, sides, notes, cfg, 1)

@@ -49,11 +49,13 @@ def _bench_config(args: argparse.Namespace) -> Any:
 
     sizes = args.size or [(512, 512)]
     return BenchConfig(size=sizes[0], warmup=args.warmup, iters=args.iters, seconds=args.seconds, threads=args.threads,
-                       baseline="torch" in args.baseline, compile="compile" in args.baseline, device=args.device[0])
+                       baseline="torch" in args.baseline, compile="compile" in args.baseline, device=args.device[0],
+                       engine_peers="none" not in args.baseline)
 
 
 # -- the rows: every bundle x device x precision x size x batch ------------------------------------------
 def semantic_row(variant: Path, cfg: Any, precision: str, torch_cache: dict[Any, Any]) -> dict[str, Any] | None:
+    """A semantic row: segrt and its peers in interleaved pairs; ``torch_cache`` shares PyTorch's built module."""
     from .bench import bench_model
 
     return bench_model(variant, cfg, torch_cache)
@@ -66,7 +68,7 @@ def instance_row(variant: Path, cfg: Any, precision: str, torch_cache: dict[Any,
         return None  # one image per call: Mask R-CNN's graph takes a single image
     # seconds per image on a small CPU: fewer iterations, same warm-up rule
     icfg = replace(cfg, iters=max(3, cfg.iters // 4), warmup=min(cfg.warmup, 1))
-    return bench_instance(variant, icfg, in_graph_paste=precision == "fp32" and cfg.device != "tensorrt",
+    return bench_instance(variant, icfg, in_graph_paste_side=precision == "fp32" and cfg.device != "tensorrt",
                           torch_cache=torch_cache)
 
 
@@ -100,8 +102,9 @@ def _bench_bundles(args: argparse.Namespace, cfg: Any) -> int:
     if args.quick and not args.bundles:
         bundles.append(ensure_instance_bundle())
     sizes = args.size or [(512, 512)]
-    # every bundle x device x precision x size x batch; PyTorch once per model x device x size x batch
-    # without --precision each bundle is timed as it is (an INT8 bundle as INT8)
+    # every bundle x device x precision x size x batch, each row with its own interleaved PyTorch and engine-peer
+    # calls (PyTorch's module built once per model x device x size x batch); without --precision each bundle is
+    # timed as it is (an INT8 bundle as INT8)
     plan = [(b, d, p, z, n) for b in bundles for d in args.device
             for p in (args.precision or [read_manifest(b).precision]) for z in sizes
             for n in args.batch]
@@ -242,7 +245,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     count.add_argument("--seconds", type=float, help="time each row for S seconds instead (at least 3 runs)")
     p.add_argument("--threads", type=int_at_least(1), default=os.cpu_count() or 1, help="threads for both runtimes")
     p.add_argument("--baseline", type=baselines, default=["torch"],
-                   help="comma-separated: torch (eager), compile (torch.compile too, where it works; minutes to compile), none")
+                   help="comma-separated: torch (eager), compile (torch.compile too, where it works; minutes to compile), none "
+                   "(no peers at all). Default ONNX Runtime and OpenVINO on the same ONNX run unless none")
     p.add_argument("--no-sam", action="store_true", help="--quick without SAM vit_b (saves ~3 minutes)")
     p.add_argument("--json", type=Path, help="write the full result (schema: docs/benchmarks.md)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")

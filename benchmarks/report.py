@@ -12,71 +12,95 @@ def _goal(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+#: The peers of the model table, in column order: (row key, column title).
+PEERS = (("torch", "PyTorch eager"), ("ort_default", "ORT default"), ("openvino", "OpenVINO"))
+#: Extra peers that get a note line, not a column.
+NOTE_PEERS = (("torch_compile", "torch.compile"), ("in_graph_paste", "in-graph-paste export"))
+
+
+def _header() -> list[str]:
+    peer_cols = "".join(f"| {title} e2e p50 | vs segrt (median pair [q1-q3]) " for _, title in PEERS)
+    n = 11 + 2 * len(PEERS) + 3
+    return ["| model | precision | size | batch | weights | backend | pre | infer | post | segrt end to end | images/s "
+            + peer_cols + "| pre+post share | peak RSS +MB (segrt / torch / ORT / OV) | limit |",
+            "|" + "---|" * n]
+
+
+def _peer_cells(r: dict[str, Any], key: str) -> str:
+    """``| peer p50 | median pair ratio [q1-q3] |``: the ratio is peer ms / segrt ms in the same round."""
+    from .bench import GOAL_SPEEDUP
+    from .pairs import fmt_ratio
+
+    if key not in r.get("pairs", {}):
+        return "| - | - "
+    goal = (f" ({_goal(r['speedup_vs_torch'] >= GOAL_SPEEDUP)})"
+            if key == "torch" and r["precision"] == "fp32" and r.get("batch", 1) == 1 else "")
+    return f"| {r[key]['stages']['e2e']['p50']:.1f} | {fmt_ratio(r['pairs'][key])}{goal} "
+
+
+def _notes(r: dict[str, Any]) -> list[str]:
+    from .pairs import fmt_ratio
+
+    what = f"{r['model']} {r['precision']} {r['size'][0]}x{r['size'][1]} batch {r.get('batch', 1)}"
+    notes = [f"{what}: {key.removesuffix('_skipped')} skipped: {v}" for key, v in r.items() if key.endswith("_skipped")]
+    if "gate" in r:
+        notes.append(f"{r['model']} {r['precision']}: accuracy vs FP32 {r['gate']['metric']} {r['gate']['score']:.4f} "
+                     f"on {r['gate']['images']} images")
+    for key, title in NOTE_PEERS:
+        if key in r.get("pairs", {}):
+            c = r[key]
+            first = f" (load + first call {c['first_inference_ms'] / 1e3:.1f} s)" if key == "torch_compile" else ""
+            notes.append(f"{what}: {title} e2e p50 {c['stages']['e2e']['p50']:.1f} ms{first}, "
+                         f"{fmt_ratio(r['pairs'][key])} segrt's time")
+    if "mean_detections" in r["segrt"]:
+        counts = ", ".join(f"{k} {r[k]['mean_detections']:.1f}" for k in ("segrt", *r.get("pairs", {}))
+                           if "mean_detections" in r.get(k, {}))
+        notes.append(f"{what}: detections per image: {counts}")
+    return notes
+
+
 def markdown(result: dict[str, Any]) -> str:
     from .bench import GOAL_PREPOST_SHARE, GOAL_SPEEDUP
 
     m = result["machine"]
     lines = [
-        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['threads']} threads for both runtimes), "
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['threads']} threads for every side), "
         f"onnxruntime {m['onnxruntime']}, torch {m['torch']}, segrt {m['segrt']} ({m['commit']}). "
-        "Latencies in ms, p50 (p90 / p99); weights as noted.",
-        "",
-        "| model | precision | size | batch | weights | backend | pre | infer | post | end to end | images/s | PyTorch e2e "
-        "| speedup | pre+post share | peak RSS +MB (segrt / PyTorch) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Latencies in ms, p50 (p90 / p99); every side of a row timed in interleaved rounds on the same photos, "
+        "ratios = peer ms / segrt ms of the same round (> 1: segrt faster), median [quartiles]; weights as noted.",
+        "", *_header(),
     ]
-    notes = []
+    notes: list[str] = []
     for r in result["results"]:
         head = f"| {r['model']} | {r['precision']} | {r['size'][0]}x{r['size'][1]} | {r.get('batch', 1)} | {r['weights']} "
         if "skipped" in r:
-            lines.append(head + f"| {r['device']}: skipped | | | | | | | | | |")
+            lines.append(head + f"| {r['device']}: skipped |" + " |" * (len(PEERS) * 2 + 8))
             notes.append(f"{r['model']} on {r['device']}: {r['skipped']}")
             continue
-        if "torch_skipped" in r:
-            notes.append(f"{r['model']}: PyTorch baseline on {r['device']} skipped: {r['torch_skipped']}")
-        if "gate" in r:
-            notes.append(f"{r['model']} {r['precision']}: accuracy vs FP32 {r['gate']['metric']} {r['gate']['score']:.4f} "
-                         f"on {r['gate']['images']} images")
+        notes += _notes(r)
         s = r["segrt"]["stages"]
         cell = lambda k, s=s: f"{s[k]['p50']:.1f} ({s[k]['p90']:.1f} / {s[k]['p99']:.1f})"  # noqa: E731
-        torch_e2e = f"{r['torch']['stages']['e2e']['p50']:.1f}" if "torch" in r else "-"
-        goal = (f" ({_goal(r['speedup_vs_torch'] >= GOAL_SPEEDUP)})"
-                if "torch" in r and r["precision"] == "fp32" and r.get("batch", 1) == 1 else "")
-        speed = f"{r['speedup_vs_torch']:.2f}x{goal}" if "torch" in r else "-"
         share = f"{r['prepost_share']:.1%} ({_goal(r['prepost_share'] < GOAL_PREPOST_SHARE)})"
         lines.append(
             head + f"| {r['segrt']['backend']} | {cell('pre')} | {cell('infer')} | {cell('post')} | {cell('e2e')} | "
-            f"{r['segrt'].get('images_per_s', s['e2e']['fps']):.1f} | {torch_e2e} | {speed} | {share} | {_mem(r)} |"
+            f"{r['segrt'].get('images_per_s', s['e2e']['fps']):.1f} " + "".join(_peer_cells(r, k) for k, _ in PEERS)
+            + f"| {share} | {_mem(r)} | {r.get('limit', '')} |"
         )
-        if "torch_compile" in r:
-            c = r["torch_compile"]
-            notes.append(f"{r['model']} {r['size'][0]}x{r['size'][1]} batch {r['batch']}: torch.compile " + (
-                f"e2e p50 {c['stages']['e2e']['p50']:.1f} ms (compile + first call {c['first_inference_ms'] / 1e3:.0f} s); "
-                f"segrt {r['speedup_vs_torch_compile']:.2f}x faster" if "stages" in c else f"skipped: {c['skipped']}"))
-    for r in result["results"]:
-        if "in_graph_paste" in r:
-            lines.append(
-                f"\n{r['model']}: the naive export (torchvision's transform and full-resolution paste inside the graph) "
-                f"takes {r['in_graph_paste']['stages']['e2e']['p50']:.0f} ms end to end on ONNX Runtime, "
-                f"{r['speedup_vs_in_graph_paste']:.2f}x segrt's time; detections per image: segrt "
-                f"{r['segrt']['mean_detections']:.1f}, PyTorch {r['torch']['mean_detections']:.1f}, "
-                f"in-graph {r['in_graph_paste']['mean_detections']:.1f}."
-            )
     if notes:
         lines += ["", *(f"- {n}" for n in dict.fromkeys(notes))]
     if result.get("sam"):
         from .bench_sam import markdown_sam_rows
 
         lines += ["", *markdown_sam_rows(result["sam"])]
-    lines += ["", f"Goals: end to end at least {GOAL_SPEEDUP}x faster than PyTorch eager; pre+post under "
-              f"{GOAL_PREPOST_SHARE:.0%} of end to end. Cold start (load, first inference) is in the JSON."]
+    lines += ["", f"Goals: end to end at least {GOAL_SPEEDUP}x faster than PyTorch eager (median pair ratio); pre+post "
+              f"under {GOAL_PREPOST_SHARE:.0%} of end to end. Cold start (load, first inference) and memory are measured "
+              "per side before the interleaved rounds; both are in the JSON. limit: FLOPs and % of peak (not wired in yet)."]
     return "\n".join(lines) + "\n"
 
 
 def _mem(row: dict[str, Any]) -> str:
-    seg = row["segrt"].get("memory")
-    torch = row.get("torch", {}).get("memory")
-    return " / ".join(f"{m['peak_delta_mb']:.0f}" if m else "-" for m in (seg, torch))
+    cells = [row.get(k, {}).get("memory") for k in ("segrt", *(key for key, _ in PEERS))]
+    return " / ".join(f"{m['peak_delta_mb']:.0f}" if m else "-" for m in cells)
 
 
 def load_result(path: Path) -> dict[str, Any]:
