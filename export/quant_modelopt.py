@@ -5,7 +5,7 @@ weights and inputs, the non-residual input of a residual Add, pooling, Resize; n
 as Relu, Clip or Sigmoid, biases left float), where ONNX Runtime's quantizer puts Q/DQ on nearly every op.
 Calibration runs through ONNX Runtime, on the CPU here (``calibration_eps``), on images put through the
 runtime's preprocessing like the default tool's; the non-quantized remainder stays FP32 as with that tool.
-Measured against it on segrt's fixtures in benchmarks/results/2026-12-01-int8-modelopt-vs-ort-cpu-epyc-2core.md.
+Measured against it on segrt's fixtures in run 2026-12-01-int8-modelopt-vs-ort-cpu-epyc-2core of benchmarks/results/history.jsonl.
 ModelOpt is not a segrt dependency: its ``[onnx]`` extra pins onnx~=1.21 and onnxruntime-gpu~=1.24 and needs
 torch and cupy, so it goes in an environment of its own (see docs/quantize.md).
 """

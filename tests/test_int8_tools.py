@@ -3,7 +3,7 @@
 ModelOpt is not a segrt dependency (its [onnx] extra pins onnx~=1.21 and onnxruntime-gpu~=1.24): where it is
 not installed, the real ModelOpt run is skipped and the refusal is tested instead. The run was checked in an
 environment with nvidia-modelopt 0.47.0 (onnx 1.21.0, onnxruntime-gpu 1.24.4, CPU only), see
-benchmarks/results/2026-12-01-int8-modelopt-vs-ort-cpu-epyc-2core.md.
+run 2026-12-01-int8-modelopt-vs-ort-cpu-epyc-2core of benchmarks/results/history.jsonl.
 """
 
 from __future__ import annotations
