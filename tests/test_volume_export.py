@@ -1,0 +1,139 @@
+"""MONAI 3-D networks exported to volume bundles and run end to end, against MONAI + PyTorch.
+
+A seeded ``monai.networks.nets.UNet`` (and a ``SegResNet``) is exported to ONNX; segrt's sliding-window run of the
+ONNX on a real volume (a crop of the MNI ICBM152 T1 template) must match ``monai.inferers.sliding_window_inference``
+over the PyTorch module to 1e-4 in blended probability. ``segrt run`` writes a NIfTI on the input's grid, a DICOM
+series of the same data gives the same labels, and bad volumes are one line, exit 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+from segrt.export.exporter import build_module, export_bundle  # noqa: E402
+from segrt.export.models import get_spec, monai_nets  # noqa: E402
+from segrt.export.spec import ExportConfig  # noqa: E402
+from segrt.runtime.cli import main  # noqa: E402
+from segrt.runtime.volume_io import read_volume  # noqa: E402
+from segrt.runtime.volume_predict import VolumeSegmenter  # noqa: E402
+from segrt.runtime.volume_window import WindowSpec  # noqa: E402
+
+from .test_volume import T1, tilted_affine, write_series  # noqa: E402
+
+pytestmark = pytest.mark.slow
+WINDOW = WindowSpec((32, 32, 32), 0.25, "gaussian", sigma_scale=0.125, sw_batch_size=2)
+
+
+def export_small(arch: str, out: Path, classes: int = 3) -> tuple[Path, object]:
+    spec = dataclasses.replace(get_spec(arch), family=monai_nets.VolumeExport(window=WINDOW))
+    cfg = ExportConfig(architecture=arch, encoder="small", classes=classes, in_channels=1, verify_image=T1)
+    export_bundle(spec, cfg, out)
+    model, _ = build_module(spec, cfg)  # the same seeded weights
+    return out, model
+
+
+@pytest.fixture(scope="module")
+def unet(tmp_path_factory) -> tuple[Path, object]:
+    return export_small("monai_unet", tmp_path_factory.mktemp("vol") / "unet")
+
+
+def test_sliding_window_of_the_onnx_equals_monai_on_a_real_volume(unet) -> None:
+    bundle, model = unet
+    seg = VolumeSegmenter(bundle, "cpu")
+    image = seg.prepare(read_volume(T1))
+    for window in (WINDOW, WindowSpec((24, 40, 32), 0.5, "constant", sw_batch_size=3)):
+        ours = sliding_window_probs(seg, image, window)
+        theirs = monai_nets.monai_probabilities(model, image, window, "softmax")
+        assert ours.shape == theirs.shape == (3, *image.shape[1:])
+        assert float(np.abs(ours - theirs).max()) <= 1e-4
+        assert (seg.labels(ours) == np.argmax(theirs, 0)).mean() > 0.999
+    verification = json.loads((bundle / "segrt.json").read_text())["verification"]
+    assert verification["max_abs_prob_diff"] <= 1e-4 and verification["volume_shape"] == [48, 56, 40]
+
+
+def sliding_window_probs(seg: VolumeSegmenter, image: np.ndarray, window: WindowSpec) -> np.ndarray:
+    from segrt.runtime.volume_window import sliding_window
+
+    return sliding_window(image, seg.predict_patches, window)
+
+
+def test_segresnet_exports_and_matches_monai(tmp_path: Path) -> None:
+    bundle, model = export_small("monai_segresnet", tmp_path / "segresnet", classes=2)
+    seg = VolumeSegmenter(bundle, "cpu")
+    image = seg.prepare(read_volume(T1))
+    theirs = monai_nets.monai_probabilities(model, image, WINDOW, "softmax")
+    assert float(np.abs(seg.probabilities(image) - theirs).max()) <= 1e-4
+
+
+def test_segrt_run_writes_a_nifti_on_the_input_grid(unet, tmp_path: Path) -> None:
+    bundle, model = unet
+    assert main(["run", str(bundle), "--input", str(T1), "--out", str(tmp_path / "out")]) == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["mni_t1_crop.labels.nii.gz", "mni_t1_crop.overlay.png", "mni_t1_crop.volumes.json"]
+    ref, got = nib.load(T1), nib.load(tmp_path / "out" / "mni_t1_crop.labels.nii.gz")
+    assert got.shape == ref.shape and np.array_equal(got.affine, ref.affine)
+    assert got.header.get_zooms() == ref.header.get_zooms() and got.header["sform_code"] == ref.header["sform_code"]
+    seg = VolumeSegmenter(bundle, "cpu")
+    image = seg.prepare(read_volume(T1))
+    monai_labels = np.argmax(monai_nets.monai_probabilities(model, image, WINDOW, "softmax"), 0)
+    labels = np.asarray(got.dataobj)
+    assert (labels == monai_labels).mean() > 0.999
+    stats = json.loads((tmp_path / "out" / "mni_t1_crop.volumes.json").read_text())
+    for i, row in stats["labels"].items():
+        assert row["voxels"] == int((labels == int(i)).sum()) and row["ml"] == pytest.approx(row["voxels"] / 1000)
+    result = seg(T1)  # the Python API: labels and the affine
+    assert np.array_equal(result.labels, labels) and np.array_equal(result.affine, ref.affine)
+
+
+def test_dicom_series_and_nifti_of_the_same_data_give_the_same_labels(unet, tmp_path: Path) -> None:
+    bundle, _ = unet
+    data = np.asarray(nib.load(T1).dataobj).astype(np.int16)
+    aff = tilted_affine()
+    write_series(tmp_path / "series", data, aff)
+    nib.save(nib.Nifti1Image(data, aff), tmp_path / "same.nii.gz")
+    seg = VolumeSegmenter(bundle, "cpu")
+    a, b = seg(tmp_path / "series"), seg(tmp_path / "same.nii.gz")
+    assert np.array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-4)
+    assert main(["run", str(bundle), "--input", str(tmp_path / "series"), "--out", str(tmp_path / "out")]) == 0
+    got = nib.load(tmp_path / "out" / "series.labels.nii.gz")
+    assert np.array_equal(np.asarray(got.dataobj), b.labels)
+
+
+@pytest.mark.parametrize("case, says", [
+    ("corrupt", "is not a readable NIfTI volume"),
+    ("four_d", "has 2 channel(s); this model takes 1"),
+    ("two_series", "holds 2 DICOM series"),
+    ("missing", "is missing slices"),
+])
+def test_bad_volumes_are_one_line_exit_2_nothing_written(unet, tmp_path: Path, capfd, case: str, says: str) -> None:
+    bundle, _ = unet
+    data = np.asarray(nib.load(T1).dataobj)[:, :, :10]
+    if case == "corrupt":
+        good = T1.read_bytes()
+        path = tmp_path / "cut.nii.gz"
+        path.write_bytes(good[: len(good) // 3])
+    elif case == "four_d":
+        path = tmp_path / "two.nii.gz"
+        nib.save(nib.Nifti1Image(np.stack([data, data], -1), np.eye(4)), path)
+    else:
+        path = tmp_path / "ct"
+        write_series(path, data, np.eye(4), skip=5 if case == "missing" else None)
+        if case == "two_series":
+            write_series(tmp_path / "b", data[:, :, :3], np.eye(4), uid="7.7.7")
+            for f in (tmp_path / "b").iterdir():
+                f.rename(path / f"b{f.name}")
+    capfd.readouterr()
+    assert main(["run", str(bundle), "--input", str(path), "--out", str(tmp_path / "out")]) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("segrt: error: ") and says in lines[0], lines
+    assert not any((tmp_path / "out").iterdir())
