@@ -3,9 +3,10 @@
 Both sides do the same work per frame on the same video: decode, segment, draw the overlay with the
 FPS/latency caption, encode into an MJPG .avi. The sequential loop is what a user writes first
 (``load(bundle)`` with the backend's default threads, one frame at a time); the pipeline is
-``segrt.runtime.stream`` with its defaults. Runs come in pairs (sequential, then pipelined) so both sides
-of a ratio see the same machine state; throughput is frames over wall time, first read to last write, and
-the speedup is the median of the pairs' ratios. Each run also records the process's CPU time per frame.
+``segrt.runtime.stream`` with its defaults. Runs come in interleaved pairs (``benchmarks/pairs.py``: A, B,
+then B, A, ...) so both sides of a ratio see the same machine state; throughput is frames over wall time,
+first read to last write, and the speedup is the median of the pairs' ratios with its quartiles. Each run
+also records the process's CPU time per frame.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from segrt.runtime.manifest import read_manifest
 from segrt.runtime.stream import Stream, VideoSink, VideoSource, annotate
 
 from .bench import cache_dir
+from .pairs import fmt_ratio, interleave
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 PPOCR = Path(__file__).resolve().parents[1] / "tests" / "data" / "ppocr_v4_det.onnx"
@@ -147,16 +149,29 @@ def pipelined(bundle: Path, clip: Clip, frames: int, device: str, out: Path) -> 
 REPEATS = 3
 
 
+def _timed_run(run: Any, bundle: Path, clip: Clip, frames: int, device: str, tmp: Path, name: str,
+               records: list[dict[str, Any]]) -> Any:
+    """A side for :func:`pairs.interleave`: one whole run over the clip per call, its record kept in
+    ``records``; the timed stage is wall ms per frame (``frame_ms``), so a pair's ratio is the FPS ratio."""
+    def side(i: int) -> dict[str, float]:
+        record = run(bundle, clip, frames, device, tmp / f"{name}{i}.avi")
+        records.append(record)
+        return {"frame_ms": record["seconds"] / record["frames"] * 1e3, "cpu_ms": record["cpu_ms_per_frame"]}
+
+    return side
+
+
 def bench_stream(bundle: Path, video: Path, frames: int, device: str = "cpu", repeats: int = REPEATS) -> dict[str, Any]:
-    """``repeats`` pairs of runs, each a sequential run then a pipelined one. The speedup is the median of the
-    pairs' ratios (neighbours in time see the same machine state; this shared 2-core VM drifts by 10 % over
-    minutes); the min and max pair ratios are kept beside it."""
+    """``repeats`` interleaved pairs of runs (:func:`pairs.interleave`: sequential, pipelined, then pipelined,
+    sequential, ...: neither side always runs first). The speedup is the median of the pairs' ratios
+    (sequential ms per frame over pipelined, i.e. pipelined FPS over sequential); its quartiles and range are
+    kept beside it (``speedup_pairs``), as are both sides' per-run records and per-frame percentiles."""
     runs: dict[str, list[dict[str, Any]]] = {"sequential": [], "pipelined": []}
     clip = Clip.probe(video)
     with tempfile.TemporaryDirectory(prefix="segrt-stream-") as tmp:
-        for i in range(repeats):
-            runs["sequential"].append(sequential(bundle, clip, frames, device, Path(tmp) / f"seq{i}.avi"))
-            runs["pipelined"].append(pipelined(bundle, clip, frames, device, Path(tmp) / f"pipe{i}.avi"))
+        sides = {name: _timed_run(fn, bundle, clip, frames, device, Path(tmp), name, runs[name])
+                 for name, fn in (("sequential", sequential), ("pipelined", pipelined))}
+        paired = interleave(sides, reference="pipelined", rounds=repeats, warmup=0, stage="frame_ms")
     fps = {k: float(np.median([r["fps"] for r in v])) for k, v in runs.items()}
     ratios = [p["fps"] / q["fps"] for q, p in zip(runs["sequential"], runs["pipelined"])]
     m = read_manifest(bundle)
@@ -165,7 +180,8 @@ def bench_stream(bundle: Path, video: Path, frames: int, device: str = "cpu", re
             "frames": frames,
             "model_input": f"{inp.resize} {inp.size[0]}x{inp.size[1]}" if inp.size else f"{inp.resize} /{inp.stride}",
             "runs": runs, "sequential_fps": fps["sequential"], "pipelined_fps": fps["pipelined"],
-            "pair_speedups": ratios, "speedup": float(np.median(ratios)),
+            "order": "interleaved, rotated", "pair_speedups": ratios, "speedup": paired["ratios"]["sequential"]["median"],
+            "speedup_pairs": paired["ratios"]["sequential"], "per_frame_ms": paired["sides"],
             "cpu_ms_per_frame": {k: float(np.median([r["cpu_ms_per_frame"] for r in v])) for k, v in runs.items()},
             "workers": runs["pipelined"][0]["workers"]}
 
@@ -224,14 +240,19 @@ def default_cases(frames: int) -> list[tuple[Path, Path]]:
 GOAL = 1.3
 
 
+def _speedup_text(r: dict[str, Any]) -> str:
+    """``1.40x [1.35-1.44]`` (recorded before pairs: ``1.40x``)."""
+    return fmt_ratio(r["speedup_pairs"]) if "speedup_pairs" in r else f"{r['speedup']:.2f}x"
+
+
 def markdown_stream(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), onnxruntime {m['onnxruntime']}, "
              f"segrt {m['segrt']} ({m['commit']}). Both sides decode, segment, draw and encode every frame; "
-             "each pair of runs is a sequential run then a pipelined one, and the speedup is the median of the "
-             "pairs' ratios (min-max beside it).", "",
+             "the runs alternate in interleaved pairs (the order rotated each pair), and the speedup is the median of "
+             "the pairs' ratios [q1-q3] (min-max beside it).", "",
              "| bundle | precision | video | frame | model input | frames | sequential FPS | pipelined FPS (workers) | "
-             "speedup (pairs min-max) | CPU ms/frame seq / pipe | pipeline latency p50 / p99 (ms) |",
+             "speedup: median pair ratio [q1-q3] (min-max) | CPU ms/frame seq / pipe | pipeline latency p50 / p99 (ms) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["results"]:
         p = r["runs"]["pipelined"][-1]
@@ -239,7 +260,7 @@ def markdown_stream(result: dict[str, Any]) -> str:
         cpu = r.get("cpu_ms_per_frame")
         lines.append(f"| {r['bundle']} | {r.get('precision', 'fp32')} | {r['video']} | {r['frame_size'][0]}x{r['frame_size'][1]} | "
                      f"{r['model_input']} | {r['frames']} | {r['sequential_fps']:.1f} | {r['pipelined_fps']:.1f} ({r['workers']}) | "
-                     f"{r['speedup']:.2f}x ({min(pairs):.2f}-{max(pairs):.2f}; {'met' if r['speedup'] >= GOAL else 'NOT met'}) | "
+                     f"{_speedup_text(r)} ({min(pairs):.2f}-{max(pairs):.2f}; {'met' if r['speedup'] >= GOAL else 'NOT met'}) | "
                      + (f"{cpu['sequential']:.0f} / {cpu['pipelined']:.0f} | " if cpu else "- | ")
                      + f"{p['latency_p50_ms']:.0f} / {p['latency_p99_ms']:.0f} |")
     lines += ["", f"Goal: pipelined throughput at least {GOAL}x the sequential loop's. CPU ms/frame is the process's CPU "
