@@ -55,11 +55,12 @@ def verify_volume(cfg: ExportConfig, shape: tuple[int, int, int]) -> np.ndarray:
 
     if cfg.verify_image is not None:
         return np.asarray(read_volume(cfg.verify_image).data, np.float32)
-    rng = np.random.default_rng(cfg.seed)
-    coarse = rng.random((1, *(max(s // 8, 2) for s in shape)), dtype=np.float32)
     from segrt.runtime.volume_window import resize_linear
 
-    return resize_linear(coarse, shape)[0]
+    rng = np.random.default_rng(cfg.seed)
+    coarse = rng.random((cfg.in_channels, *(max(s // 8, 2) for s in shape)), dtype=np.float32)
+    smooth = resize_linear(coarse, shape)
+    return smooth[0] if cfg.in_channels == 1 else np.moveaxis(smooth, 0, -1)
 
 
 @dataclass(frozen=True)
