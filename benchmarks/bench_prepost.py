@@ -16,15 +16,10 @@ import numpy as np
 from segrt.runtime import kernels, prepost
 from segrt.runtime.manifest import InputSpec, OutputSpec
 
-from .bench import BenchConfig, time_ms
+from .pairs import interleave
 
 GOAL = 3.0
 FRAME = (1080, 1920)
-
-
-def _time(fn: Callable[[], Any], iters: int) -> dict[str, float]:
-    """Percentiles of ``fn``'s wall time in ms over ``iters`` calls after 2 untimed ones."""
-    return time_ms(lambda _: fn(), BenchConfig(warmup=2, iters=iters))
 
 
 # segrt 0.1's OpenCV steps (before the kernels), kept here as the benchmark's second baseline.
@@ -124,72 +119,101 @@ def cases(photo: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
+def _kernel_side(impl: str, fn: Callable[[], Any]) -> Callable[[int], dict[str, float]]:
+    """A side for :func:`pairs.interleave`: switch the kernels to ``impl`` (outside the clock), time one call."""
+    def side(_: int) -> dict[str, float]:
+        kernels.use(impl)
+        t0 = time.perf_counter()
+        fn()
+        return {"e2e": (time.perf_counter() - t0) * 1e3}
+
+    return side
+
+
 def bench_kernels(iters: int) -> list[dict[str, Any]]:
+    """Each kernel's native, NumPy-twin and OpenCV (segrt 0.1) versions in ``iters`` interleaved rounds on the
+    same input (2 untimed rounds first). ``speedup_vs_*`` is the median pair ratio (their ms over native's);
+    ``pairs`` holds its quartiles and range; ``native``, ``reference``, ``opencv_v0.1`` each side's percentiles."""
     import skimage.data
 
     rows = []
     for case in cases(skimage.data.astronaut()):
-        row: dict[str, Any] = {"kernel": case["kernel"]}
-        for name in ("native", "reference"):
-            kernels.use(name)
-            row[name] = _time(case["run"], iters)
+        sides = {"native": _kernel_side("native", case["run"]), "reference": _kernel_side("reference", case["run"])}
         if case["opencv"] is not None:
-            row["opencv_v0.1"] = _time(case["opencv"], iters)
-        row["speedup_vs_reference"] = row["reference"]["p50"] / row["native"]["p50"]
-        if "opencv_v0.1" in row:
-            row["speedup_vs_opencv"] = row["opencv_v0.1"]["p50"] / row["native"]["p50"]
+            sides["opencv_v0.1"] = _kernel_side("native", case["opencv"])
+        paired = interleave(sides, reference="native", rounds=iters, warmup=2)
+        row: dict[str, Any] = {"kernel": case["kernel"], "rounds": paired["rounds"], "order": "interleaved, rotated"}
+        row |= {name: stats["e2e"] for name, stats in paired["sides"].items()}
+        row["pairs"] = paired["ratios"]
+        row["speedup_vs_reference"] = paired["ratios"]["reference"]["median"]
+        if "opencv_v0.1" in paired["ratios"]:
+            row["speedup_vs_opencv"] = paired["ratios"]["opencv_v0.1"]["median"]
         rows.append(row)
     kernels.use("native")
     return rows
 
 
+def _seg_side(seg: Any, image: np.ndarray, impl: str) -> Callable[[int], dict[str, float]]:
+    """A side: one whole ``seg(image)`` call with the kernels set to ``impl``; its stages and wall time."""
+    def side(_: int) -> dict[str, float]:
+        kernels.use(impl)
+        t0 = time.perf_counter()
+        r = seg(image)
+        e2e = (time.perf_counter() - t0) * 1e3
+        return {"pre": r.timings["pre"], "infer": r.timings["infer"], "post": r.timings["post"], "e2e": e2e,
+                "prepost": r.timings["pre"] + r.timings["post"]}
+
+    return side
+
+
 def bench_end_to_end(bundle: Path, photo: np.ndarray, size: tuple[int, int], iters: int) -> dict[str, Any]:
-    """Whole ``seg(image)`` calls with each implementation, alternating so both see the same machine."""
+    """Whole ``seg(image)`` calls with each implementation in ``iters`` interleaved rounds on the same image.
+    ``native`` / ``reference`` hold each stage's p50; ``e2e_speedup`` is the median pair ratio of the whole
+    call (``pairs``: its spread), ``prepost_speedup`` the ratio of the two sides' pre+post p50s."""
     from segrt.runtime import load
 
     seg = load(bundle, "cpu")
     image = cv2.resize(photo, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    samples: dict[str, dict[str, list[float]]] = {n: {"pre": [], "infer": [], "post": [], "e2e": []}
-                                                  for n in ("native", "reference")}
-    for name in ("native", "reference"):
-        kernels.use(name)
-        seg(image)
-    for _ in range(iters):
-        for name in ("native", "reference"):
-            kernels.use(name)
-            t0 = time.perf_counter()
-            r = seg(image)
-            samples[name]["e2e"].append((time.perf_counter() - t0) * 1e3)
-            for k in ("pre", "infer", "post"):
-                samples[name][k].append(r.timings[k])
+    sides = {name: _seg_side(seg, image, name) for name in ("native", "reference")}
+    paired = interleave(sides, reference="native", rounds=iters, warmup=1)
     kernels.use("native")
-    out: dict[str, Any] = {"bundle": bundle.name, "image": list(size), "model_input": seg.manifest.input.resize}
-    for name, s in samples.items():
-        out[name] = {k: float(np.median(v)) for k, v in s.items()}
-    out["e2e_speedup"] = out["reference"]["e2e"] / out["native"]["e2e"]
-    out["prepost_speedup"] = ((out["reference"]["pre"] + out["reference"]["post"])
-                              / (out["native"]["pre"] + out["native"]["post"]))
+    out: dict[str, Any] = {"bundle": bundle.name, "image": list(size), "model_input": seg.manifest.input.resize,
+                           "rounds": paired["rounds"], "order": "interleaved, rotated"}
+    for name, stats in paired["sides"].items():
+        out[name] = {k: v["p50"] for k, v in stats.items() if k != "prepost"}
+    out["pairs"] = paired["ratios"]
+    out["e2e_speedup"] = paired["ratios"]["reference"]["median"]
+    out["prepost_speedup"] = paired["sides"]["reference"]["prepost"]["p50"] / paired["sides"]["native"]["prepost"]["p50"]
     return out
+
+
+def _pair_text(r: dict[str, Any], peer: str, p50_ratio: float, digits: int = 1) -> str:
+    """The median pair ratio [q1-q3] where the row has pairs (recorded before them: the p50 ratio)."""
+    stats = (r.get("pairs") or {}).get(peer)
+    if stats:
+        return f"{stats['median']:.{digits}f}x [{stats['q1']:.{digits}f}-{stats['q3']:.{digits}f}]"
+    return f"{p50_ratio:.{digits}f}x"
 
 
 def markdown_prepost(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), segrt {m['segrt']} ({m['commit']}); "
-             f"native kernels use {result['native_threads']} thread(s). p50 in ms.", "",
+             f"native kernels use {result['native_threads']} thread(s). p50 in ms; the implementations alternate in "
+             "interleaved rounds on the same input, and each ratio is the median of the per-round ratios [q1-q3].", "",
              "| kernel | native | reference (NumPy twin) | OpenCV (segrt 0.1) | native vs reference | native vs OpenCV |",
              "|---|---|---|---|---|---|"]
     for r in result["kernels"]:
         cv = f"{r['opencv_v0.1']['p50']:.1f}" if "opencv_v0.1" in r else "-"
-        vs_cv = f"{r['speedup_vs_opencv']:.1f}x" if "speedup_vs_opencv" in r else "- (pycocotools)"
+        vs_cv = _pair_text(r, "opencv_v0.1", r["speedup_vs_opencv"]) if "speedup_vs_opencv" in r else "- (pycocotools)"
         lines.append(f"| {r['kernel']} | {r['native']['p50']:.2f} | {r['reference']['p50']:.1f} | {cv} | "
-                     f"{r['speedup_vs_reference']:.1f}x | {vs_cv} |")
+                     f"{_pair_text(r, 'reference', r['speedup_vs_reference'])} | {vs_cv} |")
     lines += ["", "| bundle | image | native pre / infer / post / e2e | reference pre / infer / post / e2e | e2e speedup "
               "| pre+post speedup |", "|---|---|---|---|---|---|"]
     for r in result["end_to_end"]:
         n, f = r["native"], r["reference"]
         lines.append(f"| {r['bundle']} ({r['model_input']}) | {r['image'][1]}x{r['image'][0]} | {n['pre']:.1f} / {n['infer']:.1f} / "
                      f"{n['post']:.1f} / {n['e2e']:.1f} | {f['pre']:.1f} / {f['infer']:.1f} / {f['post']:.1f} / {f['e2e']:.1f} | "
-                     f"{r['e2e_speedup']:.2f}x | {r['prepost_speedup']:.1f}x |")
+                     f"{_pair_text(r, 'reference', r['e2e_speedup'], 2)} | {r['prepost_speedup']:.1f}x |")
     goal_rows = [r for r in result["kernels"] if r["kernel"].startswith(("upsample + argmax", "paste masks"))]
     met = all(r["speedup_vs_reference"] >= GOAL for r in goal_rows)
     lines += ["", f"Goal: native at least {GOAL}x its reference on upsample+argmax and on mask pasting: "

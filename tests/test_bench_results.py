@@ -160,3 +160,29 @@ def test_add_show_index_latest_round_trip(tmp_path, capsys) -> None:
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), err
     assert len(history.read_history(hist)) == 2 and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_prepost_end_to_end_is_timed_in_interleaved_pairs(tmp_path) -> None:
+    """`segrt bench --prepost`'s end-to-end rows on PP-OCR's detector: native and NumPy-twin calls alternate
+    round by round on the same photo; the speedup is the median pair ratio, shown with its quartiles."""
+    import skimage.data
+
+    from segrt.benchmarks.bench_prepost import bench_end_to_end, markdown_prepost
+    from segrt.export.importer import ImportConfig, import_onnx
+    from segrt.runtime import kernels
+
+    from .conftest import PPOCR
+
+    if not kernels.native_available():
+        pytest.skip("the C++ kernels are not built: --prepost times them against their twin")
+    import_onnx(ImportConfig(model=PPOCR, threshold=0.3), tmp_path / "ocr")
+    row = bench_end_to_end(tmp_path / "ocr", skimage.data.astronaut(), (96, 128), 3)
+    stats = row["pairs"]["reference"]
+    assert row["rounds"] == stats["pairs"] == 3 and kernels.active() == "native"
+    assert stats["min"] <= stats["q1"] <= stats["median"] <= stats["q3"] <= stats["max"]
+    assert row["e2e_speedup"] == stats["median"]
+    for side in ("native", "reference"):
+        assert set(row[side]) == {"pre", "infer", "post", "e2e"}
+        assert row[side]["e2e"] >= row[side]["infer"] > 0
+    table = markdown_prepost({"machine": describe(1), "native_threads": 1, "kernels": [], "end_to_end": [row]})
+    assert f"| {stats['median']:.2f}x [{stats['q1']:.2f}-{stats['q3']:.2f}] |" in table
