@@ -49,13 +49,9 @@ def _model_rows(result: dict[str, Any]) -> Headline:
         size = "x".join(str(v) for v in r.get("size", []))
         label = f"{r['model']} {r.get('precision', 'fp32')} {size}" + (f" x{r['batch']}" if r.get("batch", 1) != 1 else "")
         ms = r["segrt"]["stages"]["e2e"]["p50"]
-        parts = [f"{ms:.0f} ms"]
-        if "torch" in r:
-            parts.append(f"{_ratio(r, 'torch', r.get('speedup_vs_torch'))} torch")
-        for peer, key in (("torch_compile", "speedup_vs_torch_compile"), ("ort_default", None), ("openvino", None)):
-            if key in r or peer in (r.get("pairs") or {}):
-                parts.append(f"{_ratio(r, peer, r.get(key) if key else None)} {peer}")
-        out[label] = ", ".join(parts)
+        peers = [p for p in ("torch", "torch_compile") if f"speedup_vs_{p}" in r]  # p50 ratios of older runs
+        peers += [p for p in (r.get("pairs") or {}) if p not in peers]
+        out[label] = ", ".join([f"{ms:.0f} ms"] + [f"{_ratio(r, p, r.get(f'speedup_vs_{p}'))} {p}" for p in peers])
     return out
 
 

@@ -175,7 +175,7 @@ def write_latest(runs: list[dict[str, Any]], out_dir: Path = RESULTS, machine: s
         stem = out_dir / f"latest-{name}"
         _write_atomic(stem.with_suffix(".json"), json.dumps(run["result"], indent=2) + "\n")
         _write_atomic(stem.with_suffix(".md"), f"`{run['id']}` ({run['date']}, commit {run['commit']}): "
-                      f"{run['what']}\n\n{_markdown_of(run)}")
+                      f"{run['what']}\n\n![the ratios, with their spread]({stem.name}.png)\n\n{_markdown_of(run)}")
         plot_results(run["result"], stem.with_suffix(".png"))
         written += [stem.with_suffix(s) for s in (".json", ".md", ".png")]
     return written

@@ -152,7 +152,8 @@ def test_add_show_index_latest_round_trip(tmp_path, capsys) -> None:
     assert json.loads((tmp_path / "back.json").read_text()) == result
     assert history.main(["--history", str(hist), "latest"]) == 0
     assert {p.name for p in tmp_path.glob("latest-*")} == {f"latest-{machine}.{e}" for e in ("json", "md", "png")}
-    assert (tmp_path / f"latest-{machine}.md").read_text().endswith("a test\n\n| the run's table |\n")
+    md = (tmp_path / f"latest-{machine}.md").read_text()
+    assert f"](latest-{machine}.png)" in md and md.endswith("\n\n| the run's table |\n")
     capsys.readouterr()
     (tmp_path / "bad.json").write_text("[1, 2")
     for argv in (["add", str(tmp_path / "bad.json"), "--what", "x"], ["show", "no-such-run"]):
