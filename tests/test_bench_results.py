@@ -187,3 +187,14 @@ def test_prepost_end_to_end_is_timed_in_interleaved_pairs(tmp_path) -> None:
         assert row[side]["e2e"] >= row[side]["infer"] > 0
     table = markdown_prepost({"machine": describe(1), "native_threads": 1, "kernels": [], "end_to_end": [row]})
     assert f"| {stats['median']:.2f}x [{stats['q1']:.2f}-{stats['q3']:.2f}] |" in table
+
+
+def test_machine_class_names_cpus_by_family_and_cores_and_gpus_by_model() -> None:
+    cases = [("AMD EPYC 9654 96-Core Processor", 2, None, "cpu-epyc-2core"),
+             ("Intel(R) Xeon(R) Gold 6348 CPU @ 2.60GHz", 16, None, "cpu-xeon-16core"),
+             ("Intel(R) Xeon(R) Processor", 2, None, "cpu-xeon-2core"),
+             ("AMD EPYC", 16, {"name": "NVIDIA H200", "compute_capability": "9.0"}, "gpu-h200"),
+             ("ARMv8 Processor rev 1 (v8l)", 12, {"name": "Orin (nvgpu)"}, "gpu-orin-nvgpu")]
+    for cpu, cores, gpu, want in cases:
+        assert machine_class({"cpu": cpu, "cores": cores, "gpu": gpu}) == want
+    assert machine_class() == machine_class(describe(1))  # this machine, probed or from its record
