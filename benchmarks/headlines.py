@@ -20,8 +20,8 @@ def kind_of(result: dict[str, Any] | str) -> str:
         return "notes"
     rows = result.get("results") or result.get("rows") or []
     first = rows[0] if rows and isinstance(rows[0], dict) else {}
-    checks = (("kernels" in result, "prepost"), ("fixtures" in result, "fixtures"), ("gpu" in first, "gpu-check"),
-              ("pipelined_fps" in first, "stream"), ("inprocess" in first, "serving"), ("encoder" in first, "sam"),
+    checks = (("gpu-check" in str(result.get("schema", "")), "gpu-check"), ("kernels" in result, "prepost"),
+              ("fixtures" in result, "fixtures"), ("pipelined_fps" in first, "stream"), ("inprocess" in first, "serving"), ("encoder" in first, "sam"),
               ("precisions" in first, "precision"), ("accuracy" in first, "eval"), ("segrt" in first, "bench"),
               ("architecture" in result, "manifest"), ("frames_out" in result, "stream-report"))
     return next((kind for hit, kind in checks if hit), "other")
@@ -151,10 +151,21 @@ def _manifest(result: dict[str, Any]) -> Headline:
     return {"bundle": f"{result.get('architecture')} {result.get('precision')} ({result.get('task')})"}
 
 
+def _gpu_check(result: dict[str, Any]) -> Headline:
+    parity = result.get("parity", [])
+    out = {"status": str(result.get("status")),
+           "parity": f"{sum(bool(r.get('passed')) for r in parity)} of {len(parity)} passed"}
+    for r in result.get("timing", []):
+        ratios = r.get("ratios") if isinstance(r.get("ratios"), dict) else {}
+        out[f"{r.get('family')} {r.get('size')}"] = ", ".join(
+            f"{fmt_ratio(v)} {peer}" for peer, v in ratios.items() if isinstance(v, dict) and {"median", "q1", "q3"} <= set(v))
+    return out
+
+
 HEADLINES: dict[str, Callable[[dict[str, Any]], Headline]] = {
     "bench": _bench, "sam": _sam, "stream": _stream, "prepost": _prepost, "serving": _serving,
     "precision": _precision, "fixtures": _fixtures, "eval": _eval, "stream-report": _stream_report,
-    "manifest": _manifest,
+    "manifest": _manifest, "gpu-check": _gpu_check,
 }
 
 

@@ -65,13 +65,25 @@ def write_history(runs: Iterable[dict[str, Any]], path: Path = HISTORY) -> None:
     _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in runs))
 
 
+def _machine_record(result: dict[str, Any] | str) -> dict[str, Any]:
+    """The result's ``machine`` record; for a ``make gpu-check`` result, one made from its ``environment``."""
+    if not isinstance(result, dict):
+        return {}
+    if isinstance(result.get("machine"), dict):
+        return result["machine"]
+    env = result.get("environment")
+    if isinstance(env, dict) and env.get("gpu"):
+        return {"date": env.get("date"), "commit": env.get("commit"), "cores": env.get("cpu_cores"),
+                "gpu": {"name": str(env["gpu"]).split(",")[0].strip()}}
+    return {}
+
+
 def make_run(result: dict[str, Any] | str, what: str, *, kind: str | None = None, run_id: str | None = None,
              markdown: str | None = None, date: str | None = None, machine: str | None = None,
              taken: Iterable[str] = ()) -> dict[str, Any]:
     """One history line. Date, machine class and commit come from the result's ``machine`` record where it has
     one (else pass them); the id is ``<date>-<kind>-<machine>``, with ``-runN`` when that is taken."""
-    record = result.get("machine") if isinstance(result, dict) else None
-    record = record if isinstance(record, dict) else {}
+    record = _machine_record(result)
     kind = kind or kind_of(result)
     date = date or str(record.get("date") or "")[:10]
     machine = machine or (machine_class(record) if record else None)

@@ -198,3 +198,17 @@ def test_machine_class_names_cpus_by_family_and_cores_and_gpus_by_model() -> Non
     for cpu, cores, gpu, want in cases:
         assert machine_class({"cpu": cpu, "cores": cores, "gpu": gpu}) == want
     assert machine_class() == machine_class(describe(1))  # this machine, probed or from its record
+
+
+def test_a_gpu_check_result_is_filed_under_its_gpu() -> None:
+    """`make gpu-check` writes an `environment`, not a `machine` record: the history takes the date, commit and
+    GPU model from it."""
+    from segrt.benchmarks.gpu_check_report import new_result
+
+    result = new_result({"date": "2026-12-02T06:00:00+00:00", "gpu": "NVIDIA H200, 570.86.15, 143771 MiB, 9.0",
+                         "commit": "abc1234", "cpu_cores": 16})
+    result["parity"] = [{"passed": True}, {"passed": False}]
+    run = history.make_run(result, "the first GPU run")
+    assert (run["id"], run["kind"], run["machine"], run["commit"]) == (
+        "2026-12-02-gpu-check-gpu-h200", "gpu-check", "gpu-h200", "abc1234")
+    assert run["headline"]["parity"] == "1 of 2 passed"
