@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from segrt.benchmarks.limits import export_compute
 from segrt.runtime.errors import ExportError
 from segrt.runtime.manifest import Manifest, write_manifest
 
@@ -75,7 +76,9 @@ def export_bundle(spec: ModelSpec, cfg: ExportConfig, out: Path, *, force: bool 
             facts[g.role] = export_onnx(g.module, g.example, g.io, tmp / g.file, cfg.opset)
         export = facts[graphs[0].role] if len(graphs) == 1 else facts
         versions = tool_versions(spec.deps.values())
-        manifest = family.manifest(spec, cfg, {**source, "export": export}, versions)
+        progress("counting FLOPs (torch.utils.flop_counter)")
+        manifest = replace(family.manifest(spec, cfg, {**source, "export": export}, versions),
+                           compute=export_compute(graphs))
         write_manifest(tmp, manifest)
         progress("verifying the bundle against PyTorch")
         verification = family.verify(spec, model, tmp, cfg)

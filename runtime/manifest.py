@@ -168,7 +168,8 @@ class GraphCompute:
     """One graph's FLOPs, counted once at export (``segrt.benchmarks.limits``), for one image (one prompt).
 
     ``at`` is where it was counted: the image input's [H, W], or [prompts, points] for a prompt graph.
-    ``scales``: "pixels", proportional to the graph input's H x W (a convnet with dynamic H/W); "fixed", the
+    ``scales``: "pixels", ``fixed + (flops - fixed) * (H x W) / (at's H x W)`` for the graph input's H x W (a convnet
+    with dynamic H/W: ``fixed`` 0; Mask R-CNN: its RoI heads, at 1000 proposals and 100 detections); "fixed", the
     same at every size (SAM's 1024 encoder); "prompts", ``flops + per_prompt * (prompts - 1)`` (SAM's decoder).
     """
 
@@ -177,12 +178,14 @@ class GraphCompute:
     scales: Scaling
     counter: str = "torch.utils.flop_counter"
     per_prompt: int | None = None
+    fixed: int = 0
 
     def __post_init__(self) -> None:
         _check_choice(self.scales, Scaling, "compute.scales")
-        if self.flops < 0 or (self.per_prompt is not None) != (self.scales == "prompts"):
-            raise ModelFormatError(f"compute needs flops >= 0, and per_prompt exactly when scales is 'prompts'; "
-                                   f"got flops {self.flops}, scales {self.scales!r}, per_prompt {self.per_prompt}")
+        if not 0 <= self.fixed <= self.flops or (self.per_prompt is not None) != (self.scales == "prompts"):
+            raise ModelFormatError(f"compute needs 0 <= fixed <= flops, and per_prompt exactly when scales is 'prompts'; "
+                                   f"got flops {self.flops}, fixed {self.fixed}, scales {self.scales!r}, "
+                                   f"per_prompt {self.per_prompt}")
 
 
 @dataclass(frozen=True)
