@@ -67,7 +67,7 @@ def _sides(v: dict[str, Any], images: list[Any], cfg: BenchConfig) -> tuple[dict
     notes: dict[str, str] = {}
     for precision in PRECISIONS:
         sides[precision], seg = segrt_semantic(v[precision], images, cfg)
-        if precision == "int8" and cfg.engine_peers:
+        if precision == "int8" and cfg.engine_peers and sides["int8"].info["backend"] == "onnxruntime-cpu":
             add_side(sides, notes, "openvino_int8", build_peer(
                 lambda s=seg: peers.semantic_engine("openvino", s, images, cfg.batch, cfg.threads), cfg))
     if cfg.baseline:
@@ -77,12 +77,17 @@ def _sides(v: dict[str, Any], images: list[Any], cfg: BenchConfig) -> tuple[dict
 
 
 def bench_precision(name: str, cfg: BenchConfig) -> dict[str, Any]:
+    v = variants(name)
+    return precision_row(name, f"{v['recipe'].architecture}/{v['recipe'].encoder}", v, cfg)
+
+
+def precision_row(name: str, model: str, v: dict[str, Any], cfg: BenchConfig) -> dict[str, Any]:
+    """One fixture's row from its bundles ``v[precision]`` (``v["fp32"]`` the one PyTorch rebuilds)."""
     from segrt.runtime.manifest import read_manifest
 
-    v = variants(name)
     images = photos(cfg.size)
-    row: dict[str, Any] = {"fixture": name, "model": f"{v['recipe'].architecture}/{v['recipe'].encoder}",
-                           "size": list(cfg.size), "weights": "trained fixture", "precisions": {}}
+    row: dict[str, Any] = {"fixture": name, "model": model, "size": list(cfg.size), "weights": "trained fixture",
+                           "precisions": {}}
     sides, notes = _sides(v, images, cfg)
     paired = pair_sides(sides, "fp32", rounds=cfg.iters, warmup=cfg.warmup, seconds=cfg.seconds)
     row["pairing"] = {k: paired[k] for k in ("rounds", "order", "reference")}

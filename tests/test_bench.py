@@ -273,3 +273,24 @@ def test_quick_row_pairs_every_peer(unet_trained) -> None:
 
     assert all(fmt_ratio(row["pairs"][p]) in line for p in row["pairs"])
     assert line.count("|") == table.splitlines()[3].count("|")  # every cell of the header is filled
+
+
+def test_precision_rows_pair_every_precision_in_one_interleave(unet_trained, tmp_path, monkeypatch) -> None:
+    """`segrt bench --precisions`' row: FP32, FP16 and INT8 of one trained bundle, PyTorch FP32 and OpenVINO on
+    the INT8 graph in one interleave; every ratio pairs calls of the same rounds."""
+    from segrt.benchmarks.bench import precision_variant
+    from segrt.benchmarks.bench_precision import markdown_precision, precision_row
+
+    monkeypatch.setenv("SEGRT_CACHE", str(tmp_path / "cache"))
+    v = {p: precision_variant(unet_trained.bundle, p) for p in ("fp32", "fp16", "int8")}
+    row = precision_row("unet", "unet/resnet18", v, BenchConfig(size=(64, 64), warmup=1, iters=3, threads=1))
+    assert not [k for k in row if k.endswith("_skipped")], row
+    for r in row["precisions"].values():
+        assert r["pairs"]["torch"]["pairs"] == r["pairs"]["fp32_infer"]["pairs"] == 3
+        assert r["speedup_vs_torch"] == r["pairs"]["torch"]["median"]
+    assert row["precisions"]["fp32"]["pairs"]["fp32_infer"]["median"] == 1.0  # a side against itself
+    assert row["int8_speedup"] == row["precisions"]["int8"]["pairs"]["fp32_infer"]["median"]
+    assert row["precisions"]["int8"]["agreement_vs_fp32"] > 0.9
+    assert row["openvino_int8"]["pair_vs_segrt_int8"]["pairs"] == 3
+    table = markdown_precision({"machine": describe(1), "config": {"threads": 1, "size": [64, 64]}, "results": [row]})
+    assert table.count("| unet (unet/resnet18) |") == 3 and "OpenVINO on the same INT8 graph" in table
