@@ -311,7 +311,7 @@ def measure_peak(threads: int | None = None, n: int = 2048, reps: int = 3) -> di
     """This CPU's GEMM peak through ONNX Runtime (the engine segrt runs) at ``threads`` (default: all cores):
     ``fp32_gflops`` (MatMul), ``int8_gops`` (the faster of MatMulInteger and QLinearMatMul, u8 x s8, the form
     ONNX Runtime's QDQ Conv/MatMul run as), NumPy's FP32 matmul for reference, and ``how``. About 3 s at 2048."""
-    threads = threads or os.cpu_count() or 1
+    threads = (os.cpu_count() or 1) if threads is None else threads
     if threads < 1 or n < 64 or reps < 1:
         raise InvalidInputError(f"need threads >= 1, n >= 64 and reps >= 1; got {threads}, {n}, {reps}")
     rng = np.random.default_rng(0)
@@ -364,3 +364,36 @@ def limits(bundle_or_manifest: str | os.PathLike[str] | Manifest, size: Sequence
                gflops_per_s={"infer": infer_rate, "e2e": flops * batch / (e2e_ms * 1e-3) / 1e9})
     return row
 
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m segrt.benchmarks.limits [BUNDLE ...] [--size HxW] [--threads N]``: the peak, and each bundle's
+    GFLOP per image at that size, as JSON."""
+    import argparse
+    import json
+    import sys
+
+    from segrt.runtime.errors import SegrtError
+
+    parser = argparse.ArgumentParser(prog="python -m segrt.benchmarks.limits", description=main.__doc__)
+    parser.add_argument("bundles", nargs="*")
+    parser.add_argument("--size", default="512x512", help="image H x W (default 512x512)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        parts = args.size.lower().split("x")
+        if len(parts) != 2 or not all(v.isdigit() and int(v) > 0 for v in parts):
+            raise InvalidInputError(f"--size must be HxW with positive sides, e.g. 512x512; got {args.size!r}")
+        size = (int(parts[0]), int(parts[1]))
+        counts = {b: image_flops(b, size) for b in args.bundles}  # bad bundles fail before the peak is timed
+        report = {"peak": measure_peak(args.threads), "size": list(size),
+                  "bundles": {b: {"gflop": None if f is None else f / 1e9, "how": how} for b, (f, how) in counts.items()}}
+    except SegrtError as exc:
+        print(f"segrt: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

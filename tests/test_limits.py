@@ -160,3 +160,10 @@ def test_a_rows_figures_follow_from_flops_time_and_the_peak_of_its_precision(une
     for args in ((0, 250.0, 200.0, "fp32"), (1, 250.0, 0.0, "fp32"), (1, 250.0, 200.0, "bf16")):
         with pytest.raises(InvalidInputError):
             L.limits(counted, (512, 512), args[0], args[1], args[2], peak, args[3])
+
+
+def test_cli_refuses_a_bad_size_or_bundle_in_one_line(tmp_path, capsys) -> None:
+    assert L.main(["--size", "512x"]) == 2
+    assert L.main([str(tmp_path / "missing"), "--size", "64x64"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "--size must be HxW" in lines[0] and "is not a directory" in lines[1]
