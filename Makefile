@@ -24,14 +24,15 @@ bench: $(STAMP)
 	$(BIN)/python -m segrt.benchmarks.history add .cache/bench-run.json --markdown .cache/bench-run.md --what "$(WHAT)"
 	$(BIN)/python -m segrt.benchmarks.history latest --machine this
 
-# The test suite (what CI runs): all of it with the C++ pre/post kernels, then its fast part again with
-# their NumPy twin (SEGRT_PREPOST=reference). The quick fixtures are trained (or found in the cache) first,
-# with progress on stderr, so no test waits on training under its clock; both passes reuse them.
+# The test suite (what CI runs): all of it with the C++ pre/post kernels, then the fast tests whose results go
+# through those kernels (marked prepost) again with their NumPy twin (SEGRT_PREPOST=reference). The quick fixtures
+# are trained (or found in the cache) first, with progress on stderr, so no test waits on training under its clock;
+# both passes reuse them.
 TEST_CACHE ?= $(CURDIR)/.cache/test-fixtures
 test: $(STAMP) trt-lean
 	SEGRT_TEST_CACHE=$(TEST_CACHE) $(BIN)/python -m tests.prepare_fixtures
 	SEGRT_TEST_CACHE=$(TEST_CACHE) $(BIN)/python -m pytest -q --durations=20
-	SEGRT_TEST_CACHE=$(TEST_CACHE) SEGRT_PREPOST=reference $(BIN)/python -m pytest -q -m "not slow"
+	SEGRT_TEST_CACHE=$(TEST_CACHE) SEGRT_PREPOST=reference $(BIN)/python -m pytest -q -m "prepost and not slow"
 
 # ruff with the rules in pyproject.toml ([tool.ruff]); .ci/run runs it before the tests.
 lint: $(STAMP)

@@ -76,6 +76,21 @@ def export_seeded(tmp: Path, arch: str, encoder: str, classes: int, in_channels:
     return Exported(tmp / arch, module, ckpt, spec.stride, in_channels, intensity)
 
 
+@pytest.fixture(scope="session")
+def seeded(tmp_path_factory):
+    """``export_seeded`` once per session for each set of arguments, so the export tests and the CLI's
+    export-then-run test share one seeded checkpoint and bundle (read-only: copy before changing one)."""
+    made: dict[tuple, Exported] = {}
+
+    def get(arch: str, encoder: str, classes: int, in_channels: int = 3, intensity: str = "dtype") -> Exported:
+        key = (arch, encoder, classes, in_channels, intensity)
+        if key not in made:
+            made[key] = export_seeded(tmp_path_factory.mktemp(arch), *key)
+        return made[key]
+
+    return get
+
+
 def torch_reference(ex: Exported, image: np.ndarray) -> np.ndarray:
     """PyTorch's label map with preprocessing written in torch, independently of segrt's NumPy code."""
     import torch
@@ -165,20 +180,14 @@ def fixture_root(tmp_path_factory) -> Path:
 def train_quick(root: Path, name: str) -> Trained:
     import torch
 
+    from segrt.benchmarks.fixture_training import build_model
     from segrt.benchmarks.fixtures import build_fixture, export_fixture, get_recipe
-    from segrt.export.models.maskrcnn import build_torchvision
 
     recipe = get_recipe(name).quick(**QUICK[name])
     fixture = build_fixture(recipe, root)
     bundle = export_fixture(fixture)
-    state = torch.load(fixture.checkpoint, map_location="cpu", weights_only=True)
-    if recipe.task == "instance":
-        module = build_torchvision("maskrcnn_resnet50_fpn", len(recipe.classes), recipe.size, recipe.size)
-    else:
-        from segrt.benchmarks.fixtures import build_model
-
-        module = build_model(recipe)
-    module.load_state_dict(state)
+    module = build_model(recipe)  # the family's own model (training-only settings do not act in eval mode)
+    module.load_state_dict(torch.load(fixture.checkpoint, map_location="cpu", weights_only=True))
     return Trained(bundle, module.eval(), fixture.checkpoint, fixture.val_dir, fixture.metrics)
 
 

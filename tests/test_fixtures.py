@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from segrt.benchmarks.fixtures import build_model, get_recipe, validate
+from segrt.benchmarks.fixture_training import build_model, validate
+from segrt.benchmarks.fixtures import get_recipe
 
 from .conftest import QUICK, Trained
 from .test_cli import assert_one_line_error, segrt

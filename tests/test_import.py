@@ -16,6 +16,9 @@ from segrt.runtime.errors import InvalidInputError, ModelFormatError
 
 from .conftest import IMAGENET_MEAN, IMAGENET_STD, PPOCR, conv_onnx
 
+# the NumPy-twin pass (SEGRT_PREPOST=reference) runs these: their results go through the pre/post kernels
+pytestmark = pytest.mark.prepost
+
 
 @pytest.fixture(scope="module")
 def ocr_bundle(tmp_path_factory):

@@ -6,7 +6,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from .conftest import PPOCR
+
+# the NumPy-twin pass runs it: an edge install without a compiler is NumPy + ONNX Runtime only
+pytestmark = pytest.mark.prepost
 
 #: What only `segrt[export]` installs: the runtime may import none of it (onnx and onnxslim included).
 EXPORT_ONLY = ("torch", "torchvision", "segmentation_models_pytorch", "segment_anything", "onnx", "onnxslim",

@@ -12,6 +12,9 @@ from segrt.runtime.semantic import SegmentationResult
 
 NAMES = ("background", "sky", "road", "car", "person")
 
+# the NumPy-twin pass (SEGRT_PREPOST=reference) runs these: their results go through the pre/post kernels
+pytestmark = pytest.mark.prepost
+
 
 def _outside(a: np.ndarray, b: np.ndarray, box: tuple[int, int, int, int]) -> bool:
     """Whether ``a`` and ``b`` are equal everywhere outside ``box`` (x, y, width, height)."""

@@ -9,6 +9,9 @@ from segrt.runtime import prepost
 from segrt.runtime.errors import InvalidInputError, ModelFormatError
 from segrt.runtime.manifest import InputSpec, OutputSpec
 
+# the NumPy-twin pass (SEGRT_PREPOST=reference) runs these: their results go through the pre/post kernels
+pytestmark = pytest.mark.prepost
+
 
 def test_pad_frame_and_normalisation_match_the_formula(photos) -> None:
     spec = InputSpec(name="x", channels=3)

@@ -90,6 +90,7 @@ class Camera(FrameSource):
 
 
 # -- file mode -------------------------------------------------------------------------------------
+@pytest.mark.prepost  # the NumPy-twin pass reruns it: stage threads call the pre/post kernels
 def test_file_mode_gives_every_frame_in_order_identical_to_frame_by_frame(unet_trained, clip) -> None:
     frames = _frames(clip)
     ref = load(unet_trained.bundle, "cpu", threads=1)
@@ -129,6 +130,7 @@ class Recorded(FrameSource):
         return self.frames.pop(0) if self.frames else None
 
 
+@pytest.mark.prepost  # the NumPy-twin pass reruns it: stage threads call the pre/post kernels
 def test_stage_threads_run_kernels_single_threaded(unet_trained, clip) -> None:
     """The pipeline is the parallelism: its threads cap the C++ kernels at one thread each (measured on the
     1080p stream: 2-3 ms of CPU a frame less); the caller's thread keeps its own setting."""
