@@ -137,3 +137,24 @@ def test_bad_volumes_are_one_line_exit_2_nothing_written(unet, tmp_path: Path, c
     lines = capfd.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("segrt: error: ") and says in lines[0], lines
     assert not any((tmp_path / "out").iterdir())
+
+
+def test_import_of_a_plain_3d_onnx_runs_end_to_end(unet, tmp_path: Path) -> None:
+    from segrt.runtime.errors import InvalidInputError, ModelFormatError
+    from segrt.runtime.volume_import import VolumeImport, import_volume_onnx
+    from segrt.runtime.volume_intensity import IntensityPolicy
+
+    bundle, _ = unet
+    cfg = VolumeImport(bundle / "model.onnx", size=(32, 32, 32), overlap=0.25, mode="gaussian", sw_batch_size=2,
+                       activation="softmax", intensity=IntensityPolicy("zscore"))
+    import_volume_onnx(cfg, tmp_path / "imported")
+    assert main(["run", str(tmp_path / "imported"), "--input", str(T1), "--out", str(tmp_path / "out")]) == 0
+    got = nib.load(tmp_path / "out" / "mni_t1_crop.labels.nii.gz")
+    assert np.array_equal(got.affine, nib.load(T1).affine)
+    assert np.array_equal(np.asarray(got.dataobj), VolumeSegmenter(bundle, "cpu")(T1).labels)
+    with pytest.raises(InvalidInputError, match="dynamic"):
+        import_volume_onnx(dataclasses.replace(cfg, size=None), tmp_path / "nosize")
+    with pytest.raises(ModelFormatError, match="rank-5"):
+        import_volume_onnx(dataclasses.replace(cfg, model=Path(__file__).parent / "data" / "ppocr_v4_det.onnx"),
+                           tmp_path / "flat")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imported", "out"]  # nothing half-written
