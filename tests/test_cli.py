@@ -11,7 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from .conftest import PPOCR, export_seeded, torch_reference
+from .conftest import PPOCR, torch_reference
+
+# the NumPy-twin pass (SEGRT_PREPOST=reference) runs these: their results go through the pre/post kernels
+pytestmark = pytest.mark.prepost
 
 
 def segrt(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -141,11 +144,11 @@ def test_usage_errors(tmp_path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["unet", "deeplabv3plus"])
-def test_export_then_run_matches_pytorch(tmp_path, photos, arch: str) -> None:
+def test_export_then_run_matches_pytorch(tmp_path, photos, seeded, arch: str) -> None:
     """The foundation's acceptance test: a seeded checkpoint exported and run through the CLI."""
-    ex = export_seeded(tmp_path, arch, "resnet18", 4)  # only for its module and checkpoint
+    ex = seeded(arch, "resnet18", 5)  # only for its module and checkpoint (test_export_semantic's, shared)
     bundle = tmp_path / "cli_bundle"
-    proc = segrt("export", arch, "--encoder", "resnet18", "--classes", "4", "--weights", ex.checkpoint, "--out", bundle)
+    proc = segrt("export", arch, "--encoder", "resnet18", "--classes", "5", "--weights", ex.checkpoint, "--out", bundle)
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "in"
     folder.mkdir()

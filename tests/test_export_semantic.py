@@ -24,8 +24,8 @@ class BaseSemanticTester:
     classes = 5
 
     @pytest.fixture(scope="class")
-    def exported(self, tmp_path_factory) -> Exported:
-        return export_seeded(tmp_path_factory.mktemp(self.arch), self.arch, self.encoder, self.classes)
+    def exported(self, seeded) -> Exported:
+        return seeded(self.arch, self.encoder, self.classes)
 
     def test_manifest_records_source_and_verification(self, exported: Exported) -> None:
         data = json.loads((exported.bundle / "segrt.json").read_text())
