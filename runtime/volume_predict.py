@@ -23,6 +23,8 @@ from .volume_io import Volume, read_volume
 from .volume_spec import VolumeSpec
 from .volume_window import resize_linear, sliding_window
 
+OVERLAY_MIN_HEIGHT = 192
+
 
 @dataclass
 class VolumeResult:
@@ -49,6 +51,9 @@ class VolumeResult:
         views = [(grey[x], self.labels[x]), (grey[:, y], self.labels[:, y]), (grey[:, :, z], self.labels[:, :, z])]
         tiles = [_paint(np.rot90(g), np.rot90(lab), colors, alpha) for g, lab in views]
         height = max(t.shape[0] for t in tiles)
+        scale = max(1, -(-OVERLAY_MIN_HEIGHT // height))  # small volumes drawn larger (nearest)
+        tiles = [np.repeat(np.repeat(t, scale, 0), scale, 1) for t in tiles]
+        height *= scale
         return np.concatenate([np.pad(t, ((0, height - t.shape[0]), (0, 2), (0, 0))) for t in tiles], axis=1)
 
 

@@ -16,7 +16,8 @@ class VolumeTask(Task):
     name = "volume"
     summary = "3-D label volumes: one class id per voxel (NIfTI / DICOM series / .npy in, NIfTI out)"
     section = "volume"
-    bench_instead = "volume bundles are timed against MONAI by benchmarks/bench_volume.py, not segrt bench"
+    bench_instead = ("segrt bench does not time volume bundles yet; docs/volumes.md records a sliding-window run "
+                     "against MONAI + PyTorch")
 
     def check_manifest(self, manifest: Manifest) -> None:
         from ..volume_spec import VolumeSpec
