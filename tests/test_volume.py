@@ -195,3 +195,21 @@ def test_corrupt_and_wrong_volumes_refused(tmp_path: Path) -> None:
                        ("two.npy", "2-D array")):
         with pytest.raises(InvalidInputError, match=says):
             read_volume(tmp_path / name)
+
+
+def test_dice_and_hd95_equal_monai() -> None:
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    from segrt.runtime.volume_metrics import per_label
+
+    truth = (np.asarray(nib.load(DATA / "mni_gm_crop.nii.gz").dataobj) > 100).astype(np.uint8)  # real GM map
+    pred = (t1() < 120).astype(np.uint8) + (t1() > 200).astype(np.uint8) * 2  # a threshold "segmentation"
+    truth = truth + 2 * (np.asarray(nib.load(DATA / "mni_gm_crop.nii.gz").dataobj) < 10)
+    spacing = (0.9, 1.1, 2.5)
+    ours = per_label(pred, truth, (1, 2), spacing)
+    onehot = lambda a: torch.from_numpy(np.stack([a == k for k in (0, 1, 2)])[None].astype(np.float32))  # noqa: E731
+    d = compute_dice(onehot(pred), onehot(truth), include_background=False)[0]
+    h = compute_hausdorff_distance(onehot(pred), onehot(truth), percentile=95, spacing=spacing)[0]
+    for i, k in enumerate((1, 2)):
+        assert ours[k]["dice"] == pytest.approx(float(d[i]), abs=1e-6)
+        assert ours[k]["hd95_mm"] == pytest.approx(float(h[i]), rel=1e-5)
