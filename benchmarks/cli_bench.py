@@ -130,9 +130,11 @@ def _bench_bundles(args: argparse.Namespace, cfg: Any) -> int:
 def _quick_sam(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     from .bench_sam import QUICK_SAM_POINTS, bench_sam
 
-    log.warning("timing SAM vit_b (seeded) encoder and decoder against segment-anything")
-    # seconds per call: 2 timed encoder and 64-prompt decoder calls after 1 warm-up, an 8x8 generator grid
-    return bench_sam("vit_b", replace(cfg, device=args.device[0], iters=min(cfg.iters, 10)), QUICK_SAM_POINTS)
+    log.warning("timing SAM vit_b (seeded) encoder, decoder and generator against segment-anything")
+    # seconds per call: 2 encoder and 64-prompt decoder pairs after 1 warm-up; one generator pair per row: the
+    # relaxed row at 32x32 points (~20 s + ~140 s on 2 cores), the default-threshold row on an 8x8 grid
+    return bench_sam("vit_b", replace(cfg, device=args.device[0], iters=min(cfg.iters, 10)), 32,
+                     amg_rounds=1, default_amg_points=QUICK_SAM_POINTS)
 
 
 def _config(cfg: Any, args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict[str, Any]:
@@ -160,8 +162,9 @@ def _bench_sam(args: argparse.Namespace, cfg: Any) -> int:
         raise InvalidInputError("--sam times SAM alone; run bundles or --quick separately")
     if args.amg_points < 1:
         raise InvalidInputError(f"--amg-points must be >= 1; got {args.amg_points}")
-    result = {"schema": 1, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
-              "results": [bench_sam(variant, cfg, args.amg_points, tuple(args.precision or ["fp32"])) for variant in args.sam]}
+    result = {"schema": 2, "machine": describe(cfg.threads), "config": vars(cfg) | {"size": list(cfg.size)},
+              "results": [bench_sam(variant, cfg, args.amg_points, tuple(args.precision or ["fp32"]),
+                                    amg_rounds=max(1, min(2, cfg.iters // 5))) for variant in args.sam]}
     return _emit(args, result, markdown_sam(result))
 
 
