@@ -13,9 +13,6 @@ import pytest
 
 from .conftest import PPOCR, torch_reference
 
-# the NumPy-twin pass (SEGRT_PREPOST=reference) runs these: their results go through the pre/post kernels
-pytestmark = pytest.mark.prepost
-
 
 def segrt(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -52,6 +49,7 @@ def images(tmp_path_factory, photos) -> Path:
     return folder
 
 
+@pytest.mark.prepost  # the NumPy-twin pass reruns it: segrt run's results go through the kernels
 def test_folder_run_reports_bad_files_and_carries_on(ocr, images, tmp_path) -> None:
     proc = segrt("run", ocr, "--input", images, "--out", tmp_path / "out")
     assert proc.returncode == 2  # something failed: the exit code says so
@@ -67,6 +65,7 @@ def test_folder_run_reports_bad_files_and_carries_on(ocr, images, tmp_path) -> N
     ]
 
 
+@pytest.mark.prepost  # the NumPy-twin pass reruns it: segrt run's results go through the kernels
 def test_corrupt_image_exits_2_with_one_line(ocr, images, tmp_path) -> None:
     assert_one_line_error(segrt("run", ocr, "--input", images / "broken.png", "--out", tmp_path), "could not be decoded")
 
