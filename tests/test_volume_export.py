@@ -158,3 +158,26 @@ def test_import_of_a_plain_3d_onnx_runs_end_to_end(unet, tmp_path: Path) -> None
         import_volume_onnx(dataclasses.replace(cfg, model=Path(__file__).parent / "data" / "ppocr_v4_det.onnx"),
                            tmp_path / "flat")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imported", "out"]  # nothing half-written
+
+
+def test_volume_run_needs_no_torch_nor_monai(unet, tmp_path: Path) -> None:
+    from .test_no_torch import BLOCK_TORCH, EXPORT_ONLY
+
+    bundle, _ = unet
+    block = BLOCK_TORCH.replace(f"EXPORT_ONLY = {EXPORT_ONLY!r}", f"EXPORT_ONLY = {(*EXPORT_ONLY, 'monai')!r}")
+    assert "'monai')" in block
+    code = f"""
+    import sys
+    from segrt.runtime.cli import main
+    assert main(["run", {str(bundle)!r}, "--input", {str(T1)!r}, "--out", {str(tmp_path / "o")!r}]) == 0
+    assert not any(m.split(".")[0] in EXPORT_ONLY for m in sys.modules)
+    print("ok")
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    proc = subprocess.run([sys.executable, "-c", block + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+    assert (tmp_path / "o" / "mni_t1_crop.labels.nii.gz").is_file()
