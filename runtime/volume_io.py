@@ -65,15 +65,25 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     if path.is_dir():
         from .volume_dicom import read_dicom_series
 
-        return read_dicom_series(path)
+        return _check_affine(read_dicom_series(path), path.name)
     if not path.is_file():
         raise InvalidInputError(f"volume {str(path)!r} does not exist")
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        return _read_nifti(path)
+        return _check_affine(_read_nifti(path), path.name)
     if name.endswith(".npy"):
         return _read_npy(path)
     raise InvalidInputError(f"volume {path.name!r} is not {', '.join(VOLUME_SUFFIXES)} or a DICOM series folder")
+
+
+def _check_affine(volume: Volume, what: str) -> Volume:
+    """Refuse a grid whose spacing or orientation cannot be resolved (a singular or non-finite affine)."""
+    rzs = volume.affine[:3, :3]
+    if not np.all(np.isfinite(volume.affine)) or abs(float(np.linalg.det(rzs))) < 1e-9:
+        raise InvalidInputError(f"{what}: its voxel-to-world affine is singular or not finite (spacing "
+                                f"{[round(float(v), 4) for v in np.linalg.norm(rzs, axis=0)]}); the spacing or "
+                                "orientation cannot be resolved: fix the header (pixdim/sform, or PixelSpacing)")
+    return volume
 
 
 def _read_nifti(path: Path) -> Volume:

@@ -172,7 +172,8 @@ def test_dicom_series_equals_its_nifti(tmp_path: Path) -> None:
     np.testing.assert_allclose(vol.affine, aff, atol=1e-4)
 
 
-@pytest.mark.parametrize("problem, says", [("two_series", "holds 2 DICOM series"), ("gap", "missing slices")])
+@pytest.mark.parametrize("problem, says", [("two_series", "holds 2 DICOM series"), ("gap", "missing slices"),
+                                            ("no_spacing", "cannot be resolved")])
 def test_dicom_folder_refused(tmp_path: Path, problem: str, says: str) -> None:
     data = t1()[:, :, :8]
     if problem == "two_series":
@@ -180,8 +181,14 @@ def test_dicom_folder_refused(tmp_path: Path, problem: str, says: str) -> None:
         write_series(tmp_path / "other", data[:, :, :2], np.eye(4), uid="9.9.9")
         for f in (tmp_path / "other").iterdir():
             f.rename(tmp_path / "ct" / f"b{f.name}")
-    else:
+    elif problem == "gap":
         write_series(tmp_path / "ct", data, np.eye(4), skip=4)
+    else:
+        write_series(tmp_path / "ct", data, np.eye(4))
+        for f in (tmp_path / "ct").iterdir():
+            ds = pydicom.dcmread(f)
+            ds.PixelSpacing = [0.0, 0.0]
+            ds.save_as(f)
     with pytest.raises(InvalidInputError, match=says):
         read_volume(tmp_path / "ct")
 
