@@ -72,6 +72,17 @@ class VolumeTask(Task):
     def stages(self, predictor: Any, prompts: dict[str, Any] | None = None) -> Any:
         raise InvalidInputError("segrt stream takes 2-D frames; volume bundles run with segrt run --input VOLUME")
 
+    # -- not yet: each refuses with one line instead of a NotImplementedError traceback ---------------------
+    def evaluator(self, dataset: Any, tolerances: Any) -> Any:
+        raise InvalidInputError("segrt eval does not score volume bundles yet; segrt.runtime.volume_metrics.per_label "
+                                "gives per-label Dice and HD95 against a label volume")
+
+    def calibration_feeds(self, predictor: Any, image: np.ndarray) -> dict[str, np.ndarray]:
+        raise InvalidInputError("segrt quantize does not calibrate volume bundles yet")
+
+    def gate_score(self, reference: Any, variant: Any, image: np.ndarray) -> dict[str, float]:
+        raise InvalidInputError("segrt quantize does not gate volume bundles yet")
+
     gate_metric = "voxel_agreement"
     importable = False
 
