@@ -109,6 +109,7 @@ def _bench_bundles(args: argparse.Namespace, cfg: Any) -> int:
             for p in (args.precision or [read_manifest(b).precision]) for z in sizes
             for n in args.batch]
     results, torch_cache = [], {}
+    before = _cpu_peak(cfg.threads, args.device)
     for bundle, device, precision, size, batch in tqdm(plan, unit="row", file=sys.stderr):
         variant = precision_variant(Path(bundle), precision)
         row = row_bench(read_manifest(variant).task)(variant, replace(cfg, device=device, size=size, batch=batch),
@@ -118,6 +119,7 @@ def _bench_bundles(args: argparse.Namespace, cfg: Any) -> int:
     result = {"schema": 2, "machine": describe(cfg.threads), "config": _config(cfg, args, sizes), "results": results}
     if args.quick and not args.bundles and not args.no_sam:
         result["sam"] = [_quick_sam(args, cfg)]
+    result["peak"] = add_limits(result, cfg.threads, before)
     if args.plot:
         from .plot import plot_results
 
@@ -125,6 +127,42 @@ def _bench_bundles(args: argparse.Namespace, cfg: Any) -> int:
     from .report import markdown
 
     return _emit(args, result, markdown(result))
+
+
+def _cpu_peak(threads: int, devices: list[str]) -> dict[str, Any] | None:
+    """The CPU's GEMM peak (benchmarks.limits.measure_peak), where a row runs on the CPU; None otherwise."""
+    from .limits import measure_peak
+
+    return measure_peak(threads) if any(d in ("cpu", "auto") for d in devices) else None
+
+
+def add_limits(result: dict[str, Any], threads: int, before: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Each CPU row's FLOPs, GFLOP/s and % of peak (``row["limit"]``; SAM's encoder ``sam[i]["encoder"]["limit"]``).
+    The peak is measured before and after the rows and the higher of the two kept (load lowers it, never raises
+    it); both are in the result. GPU rows say the peak is the CPU's only."""
+    from .limits import limits, measure_peak
+
+    if before is None:
+        return None
+    after = measure_peak(threads)
+    peak = after | {k: max(before[k], after[k]) for k in ("fp32_gflops", "int8_gops", "numpy_fp32_gflops")}
+    peak["runs"] = {"before": {k: before[k] for k in ("fp32_gflops", "int8_gops")},
+                    "after": {k: after[k] for k in ("fp32_gflops", "int8_gops")}}
+    for row in result["results"]:
+        if "segrt" not in row:
+            continue
+        if not row["segrt"]["backend"].endswith("cpu"):
+            row["limit"] = {"skipped": f"the peak is this CPU's; {row['segrt']['backend']} is not the CPU"}
+            continue
+        st = row["segrt"]["stages"]
+        row["limit"] = limits(row["bundle"], row["size"], row.get("batch", 1), st["e2e"]["p50"], st["infer"]["p50"],
+                              peak, row["precision"])
+    for sam in result.get("sam", []):
+        enc = sam.get("encoder", {})
+        if "segrt" in enc and str(sam.get("backend", "")).endswith("cpu"):
+            ms = enc["segrt"]["p50"]
+            enc["limit"] = limits(sam["bundle"], (1024, 1024), 1, ms, ms, peak, "fp32", graph="encoder.onnx")
+    return peak
 
 
 def _quick_sam(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             head + f"| {r['segrt']['backend']} | {cell('pre')} | {cell('infer')} | {cell('post')} | {cell('e2e')} | "
             f"{r['segrt'].get('images_per_s', s['e2e']['fps']):.1f} " + "".join(_peer_cells(r, k) for k, _ in PEERS)
-            + f"| {share} | {_mem(r)} | {r.get('limit', '')} |"
+            + f"| {share} | {_mem(r)} | {limit_cell(r.get('limit'))} |"
         )
     if notes:
         lines += ["", *(f"- {n}" for n in dict.fromkeys(notes))]
@@ -94,8 +94,27 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", *markdown_sam_rows(result["sam"])]
     lines += ["", f"Goals: end to end at least {GOAL_SPEEDUP}x faster than PyTorch eager (median pair ratio); pre+post "
               f"under {GOAL_PREPOST_SHARE:.0%} of end to end. Cold start (load, first inference) and memory are measured "
-              "per side before the interleaved rounds; both are in the JSON. limit: FLOPs and % of peak (not wired in yet)."]
+              "per side before the interleaved rounds; both are in the JSON. limit: GFLOP per image at the row's "
+              "size, the infer stage's GFLOP/s and its share of this CPU's GEMM peak of the row's precision, measured in the same run"
+              + (f" ({_peak_line(result['peak'])})." if result.get("peak") else ".")]
     return "\n".join(lines) + "\n"
+
+
+def limit_cell(limit: dict[str, Any] | None) -> str:
+    """``64 GFLOP, 210 GFLOP/s, 41 % of peak``, or why not."""
+    if not limit:
+        return ""
+    if "skipped" in limit:
+        return "-"
+    if limit.get("gflop") is None:
+        return "not counted"
+    return (f"{limit['gflop']:.0f} GFLOP, {limit['gflops_per_s']['infer']:.0f} GFLOP/s, "
+            f"{limit['percent_of_peak']:.0f} % of {limit['peak']['precision']} peak")
+
+
+def _peak_line(peak: dict[str, Any]) -> str:
+    return (f"peak: FP32 {peak['fp32_gflops']:.0f} GFLOP/s, INT8 {peak['int8_gops']:.0f} GOP/s, ONNX Runtime 2048^3 "
+            "GEMM, the higher of before and after the rows")
 
 
 def _mem(row: dict[str, Any]) -> str:

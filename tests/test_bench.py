@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from segrt.benchmarks.bench import BenchConfig, bench_model, percentiles
+from segrt.benchmarks.limits import count_onnx_flops
 from segrt.benchmarks.report import markdown
 from segrt.benchmarks.machine import describe
 from segrt.export.importer import ImportConfig, import_onnx
 from segrt.runtime.cli import main
 from segrt.runtime.errors import InvalidInputError
+from segrt.runtime.manifest import read_manifest
 
 from .conftest import PPOCR
 
@@ -137,6 +140,15 @@ def test_sweep_devices_precisions_sizes_batches_in_one_call(unet_trained, tmp_pa
         assert r["pairs"]["torch"]["min"] <= r["speedup_vs_torch"] <= r["pairs"]["torch"]["max"]
         assert r["segrt"]["images_per_s"] == pytest.approx(r["batch"] * e2e["fps"])
         assert (r["precision"] == "fp16") == ("gate" in r)
+        # the limit: this row's FLOPs at its size, counted independently here from the timed graph
+        # (padded input = the size: both are multiples of the U-Net's stride 32), against the run's peak
+        lim, h, w = r["limit"], *r["size"]
+        graph = Path(r["bundle"]) / read_manifest(r["bundle"]).model_file
+        assert lim["gflop"] == pytest.approx(count_onnx_flops(graph, {"image": (1, 3, h, w)}).flops / 1e9, rel=1e-3)
+        peak = result["peak"]["int8_gops" if r["precision"] == "int8" else "fp32_gflops"]
+        rate = lim["gflop"] * r["batch"] / (r["segrt"]["stages"]["infer"]["p50"] / 1e3)
+        assert lim["percent_of_peak"] == pytest.approx(100 * rate / peak)
+    assert result["peak"]["fp32_gflops"] == max(result["peak"]["runs"][k]["fp32_gflops"] for k in ("before", "after"))
     by_key = {(r["precision"], tuple(r["size"]), r["batch"]): r for r in rows if r["device"] == "cpu"}
     for z in ((64, 64), (96, 128)):
         for b in (1, 2):
