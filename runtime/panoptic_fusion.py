@@ -185,5 +185,7 @@ def fuse(semantic: np.ndarray, masks: np.ndarray, scores: np.ndarray, labels: np
                                 f"{len(cats.thing_of_instance)} classes")
     panoptic = np.zeros(semantic.shape, np.int32)
     things = paste_things(panoptic, masks, np.asarray(scores, np.float32), cats.thing_of_instance[labels], cfg, boxes)
-    stuff = paste_stuff(panoptic, np.asarray(semantic, np.int64), cats.stuff_of_semantic, cfg, len(things) + 1)
+    if semantic.dtype.kind not in "ui":
+        raise InvalidInputError(f"the semantic map must hold integer class ids; got {semantic.dtype}")
+    stuff = paste_stuff(panoptic, semantic, cats.stuff_of_semantic, cfg, len(things) + 1)
     return panoptic, things + stuff
