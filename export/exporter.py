@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from segrt.benchmarks.limits import export_compute
+from segrt.export.flops import export_compute
 from segrt.runtime.errors import ExportError
 from segrt.runtime.manifest import Manifest, write_manifest
 

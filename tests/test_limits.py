@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from segrt.benchmarks import limits as L
+from segrt.export import flops as F
 from segrt.runtime.errors import InvalidInputError, ModelFormatError
 from segrt.runtime.manifest import MANIFEST_NAME, GraphCompute, Manifest, read_manifest, write_manifest
 
@@ -32,7 +33,7 @@ def _without_compute(src, dst):
 
 def test_torch_counter_and_onnx_graph_count_agree_on_unet_at_256(unet_trained) -> None:
     m = read_manifest(unet_trained.bundle)
-    torch_flops = L.count_torch_flops(unet_trained.module, (_torch_image(m.input.channels, 256, 256),))
+    torch_flops = F.count_torch_flops(unet_trained.module, (_torch_image(m.input.channels, 256, 256),))
     onnx_count = L.count_onnx_flops(unet_trained.bundle / m.model_file, {m.input.name: [1, m.input.channels, 256, 256]})
     assert onnx_count.complete and onnx_count.counted > 20
     assert torch_flops > 1e9
@@ -43,11 +44,11 @@ def test_pixel_scaling_is_exact_for_a_convnet(unet_trained) -> None:
     from segrt.export.models import get_spec
 
     m = read_manifest(unet_trained.bundle)
-    entry = L.graph_compute(unet_trained.module, (_torch_image(m.input.channels, 64, 96),), get_spec("unet"))
+    entry = F.graph_compute(unet_trained.module, (_torch_image(m.input.channels, 64, 96),), get_spec("unet"))
     assert entry.scales == "pixels" and entry.at == (64, 96) and entry.fixed == 0
     counted = Manifest.from_dict({**m.to_dict(), "compute": {m.model_file: {"flops": entry.flops, "at": [64, 96],
                                                                              "scales": "pixels"}}})
-    at_256 = L.count_torch_flops(unet_trained.module, (_torch_image(m.input.channels, 256, 256),))
+    at_256 = F.count_torch_flops(unet_trained.module, (_torch_image(m.input.channels, 256, 256),))
     flops, how = L.image_flops(counted, (256, 256))
     assert flops == at_256 and "scaled by pixels to 256x256" in how
     assert L.image_flops(counted, (250, 231))[0] == at_256  # padded to the stride first, as the runtime does
@@ -75,7 +76,7 @@ def test_old_bundle_without_compute_loads_and_is_counted_from_its_graph(unet_tra
     m = read_manifest(old)
     assert m.compute == {}
     Segmenter(old, "cpu", threads=1)  # the runtime loads it as before
-    torch_512 = L.count_torch_flops(unet_trained.module, (_torch_image(m.input.channels, 512, 512),))
+    torch_512 = F.count_torch_flops(unet_trained.module, (_torch_image(m.input.channels, 512, 512),))
     flops, how = L.image_flops(old, (500, 512))  # padded to 512x512
     assert how.startswith(L.ONNX_COUNTER) and abs(flops - torch_512) / torch_512 < 0.03
     row = L.limits(m, (512, 512), 1, 20.0, 10.0, {"fp32_gflops": 50.0, "int8_gops": 100.0}, "fp32")
@@ -106,13 +107,13 @@ def test_onnx_count_matches_torch_on_each_op_it_knows(tmp_path) -> None:
     torch.onnx.export(module, (x,), str(tmp_path / "ops.onnx"), input_names=["x"], dynamo=False, opset_version=18)
     count = L.count_onnx_flops(tmp_path / "ops.onnx")
     assert count.complete and count.counted == 5
-    assert count.flops == L.count_torch_flops(module, (x,))
+    assert count.flops == F.count_torch_flops(module, (x,))
 
 
 def test_sam_export_records_a_fixed_encoder_and_a_per_prompt_decoder(sam_tiny) -> None:
     m = read_manifest(sam_tiny.bundle)
     enc, dec = m.compute[m.model_file], m.compute[m.sam.decoder_file]
-    assert enc.scales == "fixed" and enc.at == (1024, 1024) and enc.counter == L.COUNTER
+    assert enc.scales == "fixed" and enc.at == (1024, 1024) and enc.counter == F.COUNTER
     assert dec.scales == "prompts" and dec.at == (1, 3) and 0 < dec.per_prompt < dec.flops
     assert L.count_onnx_flops(sam_tiny.bundle / m.model_file).flops == pytest.approx(enc.flops, rel=0.01)
     assert L.image_flops(sam_tiny.bundle, (480, 640))[0] == L.image_flops(sam_tiny.bundle, (1024, 1024))[0] == enc.flops
