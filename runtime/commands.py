@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .backends import DEVICES, Runner, available_providers
+from .backends import BACKENDS, DEVICES, Runner, available_providers
 from .cli import fraction, int_at_least
 from .errors import InvalidInputError, SegrtError
 from .image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image, write_image_atomic
@@ -70,13 +70,18 @@ def _io(runner: Runner) -> dict[str, list[dict[str, Any]]]:
             "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype)} for s in runner.output_specs()]}
 
 
+def available_backends() -> list[str]:
+    """The runners that can run here, in fallback order (``--device`` picks among them)."""
+    return [b.name for b in BACKENDS if b.is_available()]
+
+
 def info_json(predictor: Any) -> str:
     """``segrt info --json``: the manifest, each runner's inputs and outputs, the providers, the pre/post kernels."""
     from . import kernels
 
     io = {role: _io(r) for role, r in task_for(predictor.manifest.task).runners(predictor).items()}
     return json.dumps({"manifest": predictor.manifest.to_dict(), **io, "providers": available_providers(),
-                       "prepost": kernels.active()}, indent=2)
+                       "backends": available_backends(), "prepost": kernels.active()}, indent=2)
 
 
 def _input_line(spec: InputSpec) -> str:
@@ -116,7 +121,8 @@ def info_summary(predictor: Any, bundle: Path) -> str:
     for role, runner in task.runners(predictor).items():
         io = _io(runner)
         rows += [(f"{role} inputs", _tensors(io["inputs"])), (f"{role} outputs", _tensors(io["outputs"]))]
-    rows += [("providers", ", ".join(available_providers())), ("pre/post", f"{kernels.active()} kernels"),
+    rows += [("providers", ", ".join(available_providers())), ("backends", ", ".join(available_backends())),
+             ("pre/post", f"{kernels.active()} kernels"),
              ("", "segrt info --json prints the manifest and all of this as JSON")]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -100,7 +100,7 @@ def test_info_lists_manifest_io_and_providers(ocr) -> None:
     info = json.loads(proc.stdout)
     assert info["manifest"]["classes"] == ["background", "text"]
     assert info["model"]["inputs"][0]["name"] == "x" and "CPUExecutionProvider" in info["providers"]
-    assert set(info) == {"manifest", "model", "providers", "prepost"}
+    assert set(info) == {"manifest", "model", "providers", "backends", "prepost"}
 
 
 def test_info_prints_a_readable_summary(ocr) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InferenceError, InvalidInputError
 
-Device = Literal["cpu", "cuda", "tensorrt"]
+Device = Literal["cpu", "cuda", "tensorrt", "openvino"]
 Dim = int | str | None
 
 

@@ -1,0 +1,151 @@
+"""The openvino-cpu backend (device="openvino") answers like ONNX Runtime's CPU provider on real trained models,
+through Python and the CLI; a missing ``openvino`` package is a one-line BackendUnavailableError."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from segrt.export.importer import ImportConfig, import_onnx
+from segrt.runtime.backends import BACKENDS, RunnerOptions, select_runner
+from segrt.runtime.backends.openvino import PRECISION, OpenVinoCpuRunner
+from segrt.runtime.semantic import Segmenter
+
+from .conftest import PPOCR
+
+pytestmark = pytest.mark.skipif(OpenVinoCpuRunner.unavailable_reason() is not None,
+                                reason=f"openvino-cpu unavailable here: {OpenVinoCpuRunner.unavailable_reason()}")
+
+MIN_AGREEMENT = 0.999
+#: FP32 on both sides, different kernels (oneDNN vs MLAS) and summation orders. Measured (2026-12-02, a 2-core
+#: x86 without bf16): U-Net logits 5.0e-6, PP-OCR probabilities 2.7e-5. bf16 (OpenVINO's default on CPUs with
+#: AMX/AVX512-BF16, which segrt overrides) keeps 8 mantissa bits: ~1e-2 on these, far outside the bound
+MAX_ABS_DIFF = 1e-4
+
+
+def _small(image: np.ndarray, side: int = 64) -> np.ndarray:
+    return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def _compare(bundle: Path, images: list[np.ndarray]) -> tuple[float, float, int]:
+    """Label-map agreement and max abs score difference, ONNX Runtime vs OpenVINO; classes seen."""
+    with Segmenter(bundle, "cpu", threads=1) as ort_seg, Segmenter(bundle, "openvino", threads=1) as ov_seg:
+        assert ort_seg.runner.name == "onnxruntime-cpu" and ov_seg.runner.name == "openvino-cpu"
+        assert ov_seg.runner.inference_precision() == PRECISION
+        same = total = 0
+        worst = 0.0
+        classes: set[int] = set()
+        for image in images:
+            tensor, _ = ort_seg.preprocess([ort_seg.prepare(image)])
+            worst = max(worst, float(np.abs(ort_seg.infer(tensor) - ov_seg.infer(tensor)).max()))
+            ours, theirs = ort_seg(image).label_map, ov_seg(image).label_map
+            assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+            same, total = same + int((ours == theirs).sum()), total + ours.size
+            classes |= set(np.unique(ours).tolist())
+    return same / total, worst, len(classes)
+
+
+@pytest.fixture(scope="module")
+def ocr_bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ocr") / "bundle"
+    import_onnx(ImportConfig(model=PPOCR, threshold=0.3, classes=("background", "text")), out)
+    return out
+
+
+def test_listed_after_onnxruntime_cpu_so_auto_is_unchanged() -> None:
+    names = [b.name for b in BACKENDS]
+    assert names.index("openvino-cpu") == names.index("onnxruntime-cpu") + 1
+    runner, _ = select_runner(PPOCR, "auto", RunnerOptions(threads=1))
+    assert runner.name == "onnxruntime-cpu"  # auto keeps today's choice where ONNX Runtime's CPU provider exists
+
+
+def test_unet_label_maps_equal_onnxruntime(unet_trained, photos) -> None:
+    val = sorted((unet_trained.val / "images").glob("*.png"))[:4]
+    images = [_small(photos[k]) for k in ("astronaut", "coffee", "chelsea")]
+    images += [cv2.imread(str(p))[:, :, ::-1] for p in val]  # 96x96 scenes of the fixture's own classes
+    agreement, worst, classes = _compare(unet_trained.bundle, images)
+    assert classes > 1  # a trained model: not all background
+    assert agreement >= MIN_AGREEMENT and worst <= MAX_ABS_DIFF, (agreement, worst)
+
+
+def test_ppocr_label_maps_equal_onnxruntime(ocr_bundle) -> None:
+    import skimage.data
+
+    page = skimage.data.page()  # 191x384 grey page of text
+    images = [page[:96, :160], page[90:, 200:]]
+    agreement, worst, classes = _compare(ocr_bundle, images)
+    assert classes == 2  # text found
+    assert agreement >= MIN_AGREEMENT and worst <= MAX_ABS_DIFF, (agreement, worst)
+
+
+def test_threads_and_dynamic_shapes() -> None:
+    with OpenVinoCpuRunner(PPOCR, RunnerOptions(threads=1)) as runner:
+        assert runner._compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        (spec,) = runner.input_specs()
+        assert spec.name == "x" and spec.is_dynamic and spec.dtype == np.float32
+        for hw in ((32, 64), (64, 32)):  # one compiled model, two shapes
+            out = runner.infer({"x": np.zeros((1, 3, *hw), np.float32)})
+            assert out["sigmoid_0.tmp_0"].shape == (1, 1, *hw)
+
+
+def segrt(*args: object, hide_openvino: bool = False) -> subprocess.CompletedProcess:
+    prelude = "import sys\nsys.modules['openvino'] = None\n" if hide_openvino else "import sys\n"
+    code = prelude + textwrap.dedent(
+        """
+        from segrt.runtime.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_run_with_device_openvino_writes_onnxruntimes_labels(ocr_bundle, tmp_path) -> None:
+    import skimage.data
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "page.png"), skimage.data.page()[:96, :160])
+    for device in ("cpu", "openvino"):
+        proc = segrt("run", ocr_bundle, "--input", folder, "--out", tmp_path / device, "--device", device)
+        assert proc.returncode == 0, proc.stderr
+    ours, theirs = (cv2.imread(str(tmp_path / d / "page.labels.png"), cv2.IMREAD_UNCHANGED) for d in ("cpu", "openvino"))
+    assert ours.any() and float((ours == theirs).mean()) >= MIN_AGREEMENT
+
+
+def test_info_lists_the_backend(ocr_bundle) -> None:
+    proc = segrt("info", ocr_bundle, "--json")
+    assert proc.returncode == 0, proc.stderr
+    backends = json.loads(proc.stdout)["backends"]
+    assert backends.index("openvino-cpu") > backends.index("onnxruntime-cpu")
+    proc = segrt("info", ocr_bundle)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("backends"))
+    assert "onnxruntime-cpu" in row and "openvino-cpu" in row
+
+
+def test_missing_openvino_is_one_line_backend_unavailable(ocr_bundle, tmp_path) -> None:
+    import skimage.data
+
+    image = tmp_path / "page.png"
+    cv2.imwrite(str(image), skimage.data.page()[:64, :64])
+    proc = segrt("run", ocr_bundle, "--input", image, "--out", tmp_path / "o", "--device", "openvino", hide_openvino=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("segrt: error:"), proc.stderr
+    assert "openvino-cpu: openvino is not installed (pip install 'segrt[openvino]')" in lines[0]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # nothing half-written
+    proc = segrt("info", ocr_bundle, hide_openvino=True)  # ONNX Runtime still runs; the list drops openvino
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("backends"))
+    assert "onnxruntime-cpu" in row and "openvino" not in row
+
+    code = "import sys\nimport segrt.runtime\nprint('openvino' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr  # lazy: not imported with runtime/
