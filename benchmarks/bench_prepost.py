@@ -16,7 +16,7 @@ import numpy as np
 from segrt.runtime import kernels, prepost
 from segrt.runtime.manifest import InputSpec, OutputSpec
 
-from .pairs import interleave
+from .pairs import fmt_ratio, interleave
 
 GOAL = 3.0
 FRAME = (1080, 1920)
@@ -190,9 +190,7 @@ def bench_end_to_end(bundle: Path, photo: np.ndarray, size: tuple[int, int], ite
 def _pair_text(r: dict[str, Any], peer: str, p50_ratio: float, digits: int = 1) -> str:
     """The median pair ratio [q1-q3] where the row has pairs (recorded before them: the p50 ratio)."""
     stats = (r.get("pairs") or {}).get(peer)
-    if stats:
-        return f"{stats['median']:.{digits}f}x [{stats['q1']:.{digits}f}-{stats['q3']:.{digits}f}]"
-    return f"{p50_ratio:.{digits}f}x"
+    return fmt_ratio(stats, digits) if stats else f"{p50_ratio:.{digits}f}x"
 
 
 def markdown_prepost(result: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .pairs import fmt_ratio
+from .pairs import fmt_ratio, peer_stats
 
 Headline = dict[str, str]
 
@@ -33,12 +33,9 @@ def _x(value: float | None) -> str:
 
 def _ratio(row: dict[str, Any], peer: str | None, p50_ratio: float | None) -> str:
     """A paired ratio where the row has one for ``peer`` (None: its only peer), else the p50 ratio."""
-    pairs = row.get("pairs") if isinstance(row.get("pairs"), dict) else {}
+    pairs = peer_stats(row.get("pairs"))
     stats = pairs.get(peer) if peer is not None else next(iter(pairs.values()), None)
-    if isinstance(stats, dict) and "e2e" in stats:
-        stats = stats["e2e"]
-    paired = isinstance(stats, dict) and all(k in stats for k in ("median", "q1", "q3"))
-    return fmt_ratio(stats) if paired else _x(p50_ratio)
+    return fmt_ratio(stats) if stats else _x(p50_ratio)
 
 
 def _model_rows(result: dict[str, Any]) -> Headline:
@@ -58,16 +55,27 @@ def _model_rows(result: dict[str, Any]) -> Headline:
 SAM_STAGES = (("encoder", "encoder"), ("decoder_1", "decoder x1"), ("decoder_64", "decoder x64"), ("amg", "generator"))
 
 
-def _sam_row(r: dict[str, Any]) -> Headline:
-    parts = []
+def sam_stages(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A SAM row's timed stages as (label, stage record): the generator is one record in older runs and a list of
+    settings (default thresholds, relaxed) since pairs; its grid size is in the label."""
+    out = []
     for key, label in SAM_STAGES:
-        if isinstance(r.get(key), dict):
-            stage = r[key]
-            grid = f" {stage['points_per_side']}x{stage['points_per_side']}" if "points_per_side" in stage else ""
-            parts.append(f"{label}{grid} {_ratio(stage, None, stage.get('speedup'))}")
+        stages = r.get(key)
+        for stage in stages if isinstance(stages, list) else [stages]:
+            if isinstance(stage, dict):
+                grid = f" {stage['points_per_side']}x{stage['points_per_side']}" if "points_per_side" in stage else ""
+                setting = f" {stage['setting']}" if "setting" in stage else ""
+                masks = (f" ({stage['masks_segrt']} vs {stage['masks_torch']} masks)"
+                         if "masks_segrt" in stage and "masks_torch" in stage else "")
+                out.append((f"{label}{setting}{grid}{masks}", stage))
+    return out
+
+
+def _sam_row(r: dict[str, Any]) -> Headline:
+    parts = [f"{label} {_ratio(stage, None, stage.get('speedup'))}" for label, stage in sam_stages(r)]
     for precision, v in (r.get("encoder_variants") or {}).items():
         if isinstance(v, dict) and "speedup" in v:
-            parts.append(f"{precision} encoder {_x(v['speedup'])}")
+            parts.append(f"{precision} encoder {_ratio(v, None, v['speedup'])}")
     return {f"{r.get('model', 'sam')} vs segment-anything": ", ".join(parts)}
 
 

@@ -150,6 +150,13 @@ def render_index(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rederive_headlines(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Headlines are derived (:mod:`.headlines`): recompute those of runs with a JSON result after that module
+    changes; Markdown-only runs keep the headline written from their text."""
+    return [run | {"headline": headline(run["kind"], run["result"])} if isinstance(run["result"], dict) else run
+            for run in runs]
+
+
 def write_index(runs: list[dict[str, Any]], path: Path = INDEX) -> None:
     _write_atomic(path, render_index(runs))
 
@@ -208,7 +215,10 @@ def _load_result(path: Path) -> dict[str, Any]:
 
 def _add(args: argparse.Namespace) -> None:
     runs = read_history(args.history)
-    markdown = args.markdown.read_text() if args.markdown else None
+    try:
+        markdown = args.markdown.read_text(encoding="utf-8") if args.markdown else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"cannot read the run's Markdown {str(args.markdown)!r}: {exc}") from None
     run = make_run(_load_result(args.result), args.what, kind=args.kind, markdown=markdown,
                    taken=(r["id"] for r in runs))
     write_history([*runs, run], args.history)
@@ -234,7 +244,7 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--what", required=True, help="what changed since the last run, in a sentence")
     add.add_argument("--markdown", type=Path, help="the run's Markdown table (segrt bench --markdown ...)")
     add.add_argument("--kind", help="bench, sam, stream, prepost, ... (default: from the result's keys)")
-    sub.add_parser("index", help="regenerate README.md beside the history")
+    sub.add_parser("index", help="re-derive every headline from its result, regenerate README.md beside the history")
     latest = sub.add_parser("latest", help="write latest-<machine>.{json,md,png} beside the history")
     latest.add_argument("--machine", help="only this machine class ('this': this machine's; default: every one)")
     show = sub.add_parser("show", help="print one run's result")
@@ -249,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "add":
             _add(args)
         elif args.command == "index":
-            write_index(read_history(args.history), args.history.with_name("README.md"))
+            runs = rederive_headlines(read_history(args.history))
+            write_history(runs, args.history)
+            write_index(runs, args.history.with_name("README.md"))
         elif args.command == "latest":
             for path in write_latest(read_history(args.history), args.history.parent, args.machine):
                 print(path)

@@ -3,7 +3,7 @@
 Three pieces, so a row can say "41 % of this CPU's peak" beside "1.5x PyTorch":
 
 * **FLOPs, counted once at export** with PyTorch's counter (``torch.utils.flop_counter.FlopCounterMode``) on each
-  graph's export example and stored in the manifest's ``compute`` (``export_compute``, called by
+  graph's export example and stored in the manifest's ``compute`` (``segrt.export.flops.export_compute``, called by
   ``exporter.export_bundle``). A convnet with dynamic H/W scales with the graph input's pixels, SAM's encoder is
   fixed at 1024 and its decoder adds a fixed amount per prompt (:class:`~segrt.runtime.manifest.GraphCompute`).
   Bundles without the section (imported ONNX, older caches) are counted from the ONNX graph itself where shape
@@ -184,10 +184,15 @@ def _from_manifest(entry: GraphCompute, hw: tuple[int, int], prompts: int) -> tu
 def _from_onnx(path: Path, manifest: Manifest, size: Sequence[int], *, is_model: bool,
                prompts: int) -> tuple[float | None, str]:
     import onnx
+    from google.protobuf.message import DecodeError
 
-    shapes = _fallback_shapes(onnx.load(str(path), load_external_data=False).graph.input, manifest, size, is_model,
-                              prompts)
-    count = _cached_onnx_count(str(path), path.stat().st_mtime_ns, tuple(shapes.items()))
+    try:
+        shapes = _fallback_shapes(onnx.load(str(path), load_external_data=False).graph.input, manifest, size,
+                                  is_model, prompts)
+        count = _cached_onnx_count(str(path), path.stat().st_mtime_ns, tuple(shapes.items()))
+    except (OSError, ValueError, DecodeError, onnx.onnx_cpp2py_export.shape_inference.InferenceError) as exc:
+        # not ONNX (a panoptic bundle's model file is JSON), unreadable, or shapes that do not infer
+        return None, f"not counted ({path.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     if not count.complete:
         return None, f"not counted ({path.name}: {len(count.uncounted)} compute node(s) without static shapes)"
     where = ", ".join(f"{name} {list(dims)}" for name, dims in shapes.items())

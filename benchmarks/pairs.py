@@ -84,6 +84,25 @@ def interleave(sides: Mapping[str, StageFn], reference: str, rounds: int = 20, w
             "sides": stats, "ratios": ratios}
 
 
-def fmt_ratio(r: Mapping[str, float]) -> str:
+def is_stats(obj: Any) -> bool:
+    """A :func:`ratio_stats` record (median and quartiles)."""
+    return isinstance(obj, Mapping) and all(k in obj for k in ("median", "q1", "q3"))
+
+
+def peer_stats(pairs: Any, only_peer: str = "baseline") -> dict[str, Mapping[str, float]]:
+    """``{peer: ratio_stats}`` from a row's ``pairs`` record in any of the shapes results carry: per peer
+    (model rows: ``{"torch": stats, ...}``), per peer and stage (``{peer: {"e2e": stats}}``), or one flat stats
+    record for a row with a single peer (SAM's stages), which is named ``only_peer``."""
+    if is_stats(pairs):
+        return {only_peer: pairs}
+    out = {}
+    for peer, stats in pairs.items() if isinstance(pairs, Mapping) else ():
+        stats = stats.get("e2e") if isinstance(stats, Mapping) and "e2e" in stats else stats
+        if is_stats(stats):
+            out[peer] = stats
+    return out
+
+
+def fmt_ratio(r: Mapping[str, float], digits: int = 2) -> str:
     """``1.52x [1.41-1.60]``: the median pair ratio and its interquartile range."""
-    return f"{r['median']:.2f}x [{r['q1']:.2f}-{r['q3']:.2f}]"
+    return f"{r['median']:.{digits}f}x [{r['q1']:.{digits}f}-{r['q3']:.{digits}f}]"

@@ -15,11 +15,11 @@ from typing import Any
 
 from segrt.runtime.errors import InvalidInputError
 
-from .pairs import fmt_ratio
+from .headlines import sam_stages
+from .pairs import fmt_ratio, peer_stats
 
 #: The p50-ratio keys of rows recorded without pairs, by peer.
 P50_RATIOS = {"torch": "speedup_vs_torch", "torch_compile": "speedup_vs_torch_compile"}
-SAM_STAGES = (("encoder", "encoder"), ("decoder_1", "decoder x1"), ("decoder_64", "decoder x64"), ("amg", "generator"))
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 
 
@@ -38,19 +38,8 @@ class Bar:
         return self.stats["median"] if self.stats else float(self.p50 or 1.0)
 
 
-def _paired(pairs: Any) -> dict[str, dict[str, float]]:
-    """``{peer: stats}`` from a ``pairs`` record, tolerating a per-stage level (``{peer: {"e2e": stats}}``)."""
-    out = {}
-    for peer, stats in (pairs or {}).items() if isinstance(pairs, dict) else ():
-        if isinstance(stats, dict) and "e2e" in stats:
-            stats = stats["e2e"]
-        if isinstance(stats, dict) and all(k in stats for k in ("median", "q1", "q3")):
-            out[peer] = stats
-    return out
-
-
-def _row_bars(label: str, row: dict[str, Any], p50_keys: dict[str, str]) -> list[Bar]:
-    paired = _paired(row.get("pairs"))
+def _row_bars(label: str, row: dict[str, Any], p50_keys: dict[str, str], only_peer: str = "baseline") -> list[Bar]:
+    paired = peer_stats(row.get("pairs"), only_peer)
     bars = [Bar(label, peer, stats=stats) for peer, stats in paired.items()]
     bars += [Bar(label, peer, p50=float(row[key])) for peer, key in p50_keys.items()
              if peer not in paired and isinstance(row.get(key), (int, float)) and row[key] > 0]
@@ -76,9 +65,9 @@ def bars_of(result: dict[str, Any]) -> list[Bar]:
         if isinstance(r, dict) and "segrt" in r:
             bars += _row_bars(_model_label(r), r, P50_RATIOS) or [_unpaired(r)]
     for r in result.get("sam", []):
-        for key, stage in SAM_STAGES:
-            if isinstance(r.get(key), dict):
-                bars += _row_bars(f"{r.get('model', 'sam')} {stage}", r[key], {"segment-anything": "speedup"})
+        for stage, record in sam_stages(r):
+            bars += _row_bars(f"{r.get('model', 'sam')} {stage}", record, {"segment-anything": "speedup"},
+                              only_peer="segment-anything")
     return bars
 
 

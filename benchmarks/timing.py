@@ -18,21 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from .pairs import interleave, ratio_stats
+from .pairs import MIN_ROUNDS, interleave, ratio_stats
 
 StageFn = Callable[[int], Mapping[str, float]]
 
 
-def percentiles(samples_ms: list[float]) -> dict[str, float]:
-    a = np.asarray(samples_ms)
-    return {
-        "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
-        "mean": float(a.mean()), "fps": float(1000.0 / a.mean()),
-    }
-
-
 #: --seconds still takes this many timed runs, so p50/p90 never rest on one or two samples
-MIN_TIMED = 3
+MIN_TIMED = MIN_ROUNDS
 
 
 def repeat(fn: Callable[[int], Any], warmup: int, iters: int, seconds: float | None = None) -> list[Any]:

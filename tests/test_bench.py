@@ -254,6 +254,7 @@ def test_pair_sides_keeps_each_round_together() -> None:
 def test_engine_peers_run_segrts_model(unet_trained, photos) -> None:
     """The default-options ONNX Runtime session and OpenVINO read the bundle's own ONNX: on a trained U-Net and a
     real photo their label maps agree with segrt's Segmenter, so the peers time the same model."""
+    pytest.importorskip("openvino")  # the OpenVINO peer: segrt[bench] (make installs it)
     from segrt.benchmarks.peers import semantic_engine_labels
     from segrt.runtime.semantic import Segmenter
 
@@ -270,6 +271,7 @@ def test_engine_peers_run_segrts_model(unet_trained, photos) -> None:
 def test_quick_row_pairs_every_peer(unet_trained) -> None:
     """A tiny bench_model row: segrt, PyTorch eager, default ONNX Runtime and OpenVINO, each with its own
     stages and memory, and per-peer pair ratios whose median is the row's speedup."""
+    pytest.importorskip("openvino")  # the OpenVINO peer: segrt[bench] (make installs it)
     row = bench_model(unet_trained.bundle, BenchConfig(size=(64, 64), warmup=1, iters=3, threads=1))
     assert not [k for k in row if k.endswith("_skipped")], row
     assert set(row["pairs"]) == {"torch", "ort_default", "openvino"} and row["pairing"]["rounds"] == 3
@@ -290,6 +292,7 @@ def test_quick_row_pairs_every_peer(unet_trained) -> None:
 def test_precision_rows_pair_every_precision_in_one_interleave(unet_trained, tmp_path, monkeypatch) -> None:
     """`segrt bench --precisions`' row: FP32, FP16 and INT8 of one trained bundle, PyTorch FP32 and OpenVINO on
     the INT8 graph in one interleave; every ratio pairs calls of the same rounds."""
+    pytest.importorskip("openvino")  # the OpenVINO peer: segrt[bench] (make installs it)
     from segrt.benchmarks.bench import precision_variant
     from segrt.benchmarks.bench_precision import markdown_precision, precision_row
 

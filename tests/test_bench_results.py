@@ -14,7 +14,7 @@ import pytest
 from segrt.benchmarks import history
 from segrt.benchmarks.headlines import headline
 from segrt.benchmarks.machine import describe, machine_class
-from segrt.benchmarks.pairs import ratio_stats
+from segrt.benchmarks.pairs import fmt_ratio, ratio_stats
 from segrt.benchmarks.plot import bars_of, plot_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,15 +60,13 @@ def _folded_files() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pytest.skip(f"not a git checkout holding {FOLDED_AT} (a shallow clone?): the folded files are not here")
     names = [n for n in names if n.startswith("20") and n.endswith((".json", ".md"))]
-    spec = "".join(f"{FOLDED_AT}:benchmarks/results/{n}\n" for n in names)
-    out = subprocess.run(["git", "cat-file", "--batch"], cwd=ROOT, input=spec.encode(), capture_output=True,
-                         check=True, timeout=60).stdout
-    files, pos = {}, 0
-    for name in names:
-        header_end = out.index(b"\n", pos)
-        size = int(out[pos:header_end].split()[2])
-        files[name] = out[header_end + 1 : header_end + 1 + size].decode()
-        pos = header_end + 2 + size
+    files = {}
+    for name in names:  # one `git show` per file: a partial clone fetches each blob on demand or says it cannot
+        shown = subprocess.run(["git", "show", f"{FOLDED_AT}:benchmarks/results/{name}"], cwd=ROOT,
+                               capture_output=True, timeout=60)
+        if shown.returncode != 0:
+            pytest.skip(f"{name} at {FOLDED_AT} is not in this clone: {shown.stderr.decode().strip()[:200]}")
+        files[name] = shown.stdout.decode()
     return files
 
 
@@ -101,8 +99,12 @@ def _synthetic_result() -> dict:
            "torch": e2e, "speedup_vs_torch": 1.7}
     lonely = {"model": "imported", "precision": "fp32", "size": [96, 128], "segrt": e2e}
     skipped = {"model": "unet/resnet34", "device": "tensorrt", "skipped": "no TensorRT here"}
-    sam = {"model": "sam/vit_b", "encoder": {"speedup": 1.6, "pairs": {"segment-anything": stats["torch"]}},
-           "decoder_64": {"speedup": 4.0}, "amg": {"pairs": {"segment-anything": {"median": 3.0}}}}
+    # SAM as bench_sam writes it: one flat pairs record per stage (its only peer is segment-anything), the
+    # generator a list of settings; decoder_64 as an older run recorded it (p50 ratio only)
+    amg = [{"setting": s, "points_per_side": n, "masks_segrt": k, "masks_torch": k, "speedup": 2.0,
+            "pairs": ratio_stats([2.0, 2.1])} for s, n, k in (("default", 8, 0), ("relaxed", 32, 139))]
+    sam = {"model": "sam/vit_b", "encoder": {"speedup": 1.6, "pairs": stats["torch"]},
+           "decoder_64": {"speedup": 4.0}, "amg": amg}
     return {"machine": describe(1), "results": [paired, old, lonely, skipped], "sam": [sam]}
 
 
@@ -114,7 +116,12 @@ def test_the_chart_shows_paired_ratios_and_skips_what_is_missing(tmp_path) -> No
                    ("unet/resnet34 fp32 512x512", "openvino", True),
                    ("deeplabv3plus/resnet50 int8 512x512 x2", "torch", False),
                    ("imported fp32 96x128", "no peer", False),
-                   ("sam/vit_b encoder", "segment-anything", True), ("sam/vit_b decoder x64", "segment-anything", False)]
+                   ("sam/vit_b encoder", "segment-anything", True), ("sam/vit_b decoder x64", "segment-anything", False),
+                   ("sam/vit_b generator default 8x8 (0 vs 0 masks)", "segment-anything", True),
+                   ("sam/vit_b generator relaxed 32x32 (139 vs 139 masks)", "segment-anything", True)]
+    heads = headline("bench", result)["sam/vit_b vs segment-anything"]
+    assert f"encoder {fmt_ratio(result['results'][0]['pairs']['torch'])}" in heads and "decoder x64 4.00x" in heads
+    assert "generator relaxed 32x32 (139 vs 139 masks) 2.05x [2.02-2.08]" in heads
     assert bars[0].value == result["results"][0]["pairs"]["torch"]["median"] and bars[3].value == 1.7
     out = tmp_path / "chart.png"
     plot_results(result, out)
