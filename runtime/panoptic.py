@@ -234,10 +234,13 @@ def load_panoptic_bundle(bundle: str | Path, device: str = "auto", *, score_thre
 
 
 def write_panoptic_bundle(out: str | Path, semantic_bundle: str | Path, instance_bundle: str | Path,
-                          things: Sequence[str] | None = None, config: FusionConfig = FusionConfig()) -> Path:
+                          things: Sequence[str] | None = None, config: FusionConfig = FusionConfig(), *,
+                          force: bool = False) -> Path:
     """A panoptic bundle at ``out`` naming the two bundles; checked (fusable, things known) before anything is
-    written, and written whole or not at all."""
+    written, and written whole or not at all. An existing ``out`` is refused unless ``force``."""
     out = Path(out)
+    if out.exists() and not force:
+        raise InvalidInputError(f"output {str(out)!r} already exists; pass --force to replace it")
     sem_m, inst_m = read_manifest(semantic_bundle), read_manifest(instance_bundle)
     check_fusable(sem_m, inst_m)
     cats = Categories.build(sem_m.classes, inst_m.classes, things)

@@ -20,11 +20,24 @@ def things_arg(text: str) -> tuple[str, ...]:
     return names
 
 
+def check_save_bundle(bundle: Path, out: Path, force: bool) -> None:
+    """Refuse a ``--save-bundle`` that would replace or hold ``--out``'s files, or an existing one without force,
+    before any image is fused."""
+    b, o = bundle.resolve(), out.resolve()
+    if b == o or o in b.parents or b in o.parents:
+        raise InvalidInputError(f"--save-bundle {str(bundle)!r} overlaps --out {str(out)!r} (the bundle folder is "
+                                "replaced whole); give it a folder outside --out")
+    if bundle.exists() and not force:
+        raise InvalidInputError(f"--save-bundle {str(bundle)!r} already exists; pass --force to replace it")
+
+
 def cmd_panoptic(args: argparse.Namespace) -> int:
     from .commands import _inputs
     from .panoptic import PanopticSegmenter, write_panoptic_bundle
 
     cfg = FusionConfig(args.confidence_thr, args.overlap_thr, args.stuff_area_limit)
+    if args.save_bundle:
+        check_save_bundle(args.save_bundle, args.out, args.force)
     images = _inputs(args.input)  # a bad input fails before any model loads
     pan = PanopticSegmenter(args.semantic, args.instance, args.things, cfg, args.device, threads=args.threads)
     try:
@@ -42,7 +55,7 @@ def cmd_panoptic(args: argparse.Namespace) -> int:
             failed += 1
             print(f"segrt: skipped {path.name}: {exc}", file=sys.stderr)
     if args.save_bundle:
-        write_panoptic_bundle(args.save_bundle, args.semantic, args.instance, args.things, cfg)
+        write_panoptic_bundle(args.save_bundle, args.semantic, args.instance, args.things, cfg, force=args.force)
     print(f"segrt: {len(images) - failed} of {len(images)} image(s) fused into {args.out}"
           + (f"; {failed} failed" if failed else ""))
     return 2 if failed else 0
@@ -64,7 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", type=Path, required=True,
                    help="folder for <stem>.panoptic.png, <stem>.panoptic.json and <stem>.overlay.jpg")
     p.add_argument("--save-bundle", type=Path, help="also write a panoptic bundle naming the two bundles (for "
-                   "segrt run, stream, eval, info)")
+                   "segrt run, stream, eval, info); a folder outside --out")
+    p.add_argument("--force", action="store_true", help="replace an existing --save-bundle folder")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--threads", type=int_at_least(1), default=None)
     p.set_defaults(func=cmd_panoptic)

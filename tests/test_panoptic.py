@@ -142,7 +142,8 @@ def _no_masks(m):
     m["detection"]["masks"] = ""
 
 
-@pytest.mark.parametrize("case", ["things", "swapped", "no_masks", "channels", "empty_image", "missing_input"])
+@pytest.mark.parametrize("case", ["things", "swapped", "no_masks", "channels", "empty_image", "missing_input",
+                                  "bundle_is_out", "bundle_in_out", "out_in_bundle", "bundle_exists"])
 def test_cli_refuses_bad_input_in_one_line(case, unet_trained, maskrcnn, photos, tmp_path, capsys):
     image = tmp_path / "photo.png"
     cv2.imwrite(str(image), photos["coffee"][:96, :128, ::-1])
@@ -157,15 +158,23 @@ def test_cli_refuses_bad_input_in_one_line(case, unet_trained, maskrcnn, photos,
         sem = _copy_bundle(unet_trained.bundle, tmp_path / "gray", _gray)
     elif case == "empty_image":
         image.write_bytes(b"")
-    else:
+    elif case == "missing_input":
         image = tmp_path / "absent.png"
     out = tmp_path / "out"
+    bundle = {"bundle_is_out": out, "bundle_in_out": out / "pan", "out_in_bundle": tmp_path,
+              "bundle_exists": tmp_path / "pan"}.get(case)
+    save = ["--save-bundle", str(bundle)] if bundle else []
+    if case == "bundle_exists":
+        bundle.mkdir()
+        (bundle / "keep.txt").write_text("kept")
     rc = main(["panoptic", "--semantic", str(sem), "--instance", str(inst), "--things", things,
-               "--input", str(image), "--out", str(out), "--device", "cpu"])
+               "--input", str(image), "--out", str(out), "--device", "cpu", *save])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("segrt: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+    if case == "bundle_exists":
+        assert "--force" in err and (bundle / "keep.txt").read_text() == "kept"
 
 
 def test_cli_fuses_a_folder_and_saves_a_bundle(unet_trained, maskrcnn, photos, tmp_path, capsys):
@@ -187,6 +196,12 @@ def test_cli_fuses_a_folder_and_saves_a_bundle(unet_trained, maskrcnn, photos, t
     recipe = json.loads((bundle / "panoptic.json").read_text())
     assert recipe["things"] == list(THINGS) and recipe["stuff_area_limit"] == 64
     assert (bundle / recipe["semantic"]).resolve() == unet_trained.bundle.resolve()
+    args = ["panoptic", "--semantic", str(unet_trained.bundle), "--instance", str(maskrcnn.bundle), "--things",
+            ",".join(THINGS), "--stuff-area-limit", "32", "--input", str(folder), "--out", str(out),
+            "--save-bundle", str(bundle), "--device", "cpu"]
+    assert main(args) == 2 and "already exists; pass --force" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0, capsys.readouterr().err
+    assert json.loads((bundle / "panoptic.json").read_text())["stuff_area_limit"] == 32
 
 
 def test_config_is_validated():
