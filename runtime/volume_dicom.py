@@ -24,10 +24,10 @@ def read_dicom_series(folder: Path) -> Volume:
     slices = _read_slices(folder)
     _check_one_series(slices, folder)
     normal = _slice_normal(slices[0], folder)
-    slices.sort(key=lambda ds: float(np.dot(normal, _position(ds))))
+    slices.sort(key=lambda ds: float(np.dot(normal, _position(ds, folder))))
     step = _slice_step(slices, normal, folder)
-    data = np.stack([_pixels(ds) for ds in slices], axis=-1).transpose(1, 0, 2)  # (column, row, slice)
-    return Volume(data, _affine(slices[0], normal, step), None, "dicom")
+    data = np.stack([_pixels(ds, folder) for ds in slices], axis=-1).transpose(1, 0, 2)  # (column, row, slice)
+    return Volume(data, _affine(slices[0], normal, step, folder), None, "dicom")
 
 
 def _read_slices(folder: Path) -> list[Any]:
@@ -62,17 +62,20 @@ def _check_one_series(slices: list[Any], folder: Path) -> None:
 def _tag(ds: Any, name: str, folder: Path) -> Any:
     value = getattr(ds, name, None)
     if value is None:
-        raise InvalidInputError(f"DICOM slice in {folder.name!r} has no {name}; cannot place it in the volume")
+        raise InvalidInputError(f"DICOM slice {_file(ds, folder)} has no {name}; cannot place it in the volume")
     return value
 
 
-def _position(ds: Any) -> np.ndarray:
-    return np.asarray([float(v) for v in ds.ImagePositionPatient])
+def _file(ds: Any, folder: Path) -> str:
+    return f"{folder.name}/{Path(str(getattr(ds, 'filename', '') or '?')).name}"
+
+
+def _position(ds: Any, folder: Path) -> np.ndarray:
+    return np.asarray([float(v) for v in _tag(ds, "ImagePositionPatient", folder)])
 
 
 def _slice_normal(ds: Any, folder: Path) -> np.ndarray:
     orient = np.asarray([float(v) for v in _tag(ds, "ImageOrientationPatient", folder)])
-    _tag(ds, "ImagePositionPatient", folder)
     return np.cross(orient[:3], orient[3:])
 
 
@@ -80,7 +83,7 @@ def _slice_step(slices: list[Any], normal: np.ndarray, folder: Path) -> float:
     """The spacing between slices along the normal; refuses duplicates and gaps (a missing slice)."""
     if len(slices) == 1:
         return float(getattr(slices[0], "SliceThickness", 1.0) or 1.0)
-    along = np.asarray([float(np.dot(normal, _position(ds))) for ds in slices])
+    along = np.asarray([float(np.dot(normal, _position(ds, folder))) for ds in slices])
     gaps = np.diff(along)
     step = float(np.median(gaps))
     if step <= 1e-6 or np.any(gaps <= 1e-6):
@@ -92,20 +95,28 @@ def _slice_step(slices: list[Any], normal: np.ndarray, folder: Path) -> float:
     return step
 
 
-def _pixels(ds: Any) -> np.ndarray:
-    arr = ds.pixel_array.astype(np.float32)
+def _pixels(ds: Any, folder: Path) -> np.ndarray:
+    try:
+        arr = ds.pixel_array.astype(np.float32)
+    except (RuntimeError, NotImplementedError, ValueError) as exc:  # no decoder for the transfer syntax
+        meta = getattr(ds, "file_meta", None)
+        uid = getattr(meta, "TransferSyntaxUID", None)
+        syntax = f"{uid.name} ({uid})" if uid is not None and hasattr(uid, "name") else str(uid)
+        why = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(": ")
+        raise InvalidInputError(f"DICOM slice {_file(ds, folder)}: cannot decode transfer syntax {syntax} ({why}); "
+                                "install a pydicom pixel-data plugin for it or decompress the series") from None
     if arr.ndim != 2:
         raise InvalidInputError(f"DICOM slice holds a {arr.ndim}-D pixel array; expected one grey slice per file")
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     return arr * slope + float(getattr(ds, "RescaleIntercept", 0) or 0)
 
 
-def _affine(first: Any, normal: np.ndarray, step: float) -> np.ndarray:
+def _affine(first: Any, normal: np.ndarray, step: float, folder: Path) -> np.ndarray:
     orient = np.asarray([float(v) for v in first.ImageOrientationPatient])
     row_spacing, col_spacing = (float(v) for v in getattr(first, "PixelSpacing", (1.0, 1.0)))
     lps = np.eye(4)
     lps[:3, 0] = orient[:3] * col_spacing  # along a row: the column index grows
     lps[:3, 1] = orient[3:] * row_spacing  # down a column: the row index grows
     lps[:3, 2] = normal * step
-    lps[:3, 3] = _position(first)
+    lps[:3, 3] = _position(first, folder)
     return LPS_TO_RAS @ lps

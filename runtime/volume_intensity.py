@@ -8,6 +8,10 @@ Each one is the NumPy twin of a MONAI transform (the tests compare them):
 - ``zscore``: ``(x - mean) / std`` over the volume (``NormalizeIntensity``)
 - ``percentile``: the ``lower``..``upper`` percentiles to 0-1, clipped (``ScaleIntensityRangePercentiles``)
 - ``hu_window``: CT Hounsfield units ``a_min``..``a_max`` to 0-1, clipped (``ScaleIntensityRange``)
+
+A multi-channel volume's statistics (range, mean/std, percentiles, maximum) are taken over all its channels
+together, as MONAI's transforms do by default (``channel_wise=False``); ``channel_wise=True`` takes them per
+channel (:meth:`IntensityPolicy.channels`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class IntensityPolicy:
     upper: float = 99.5
     a_min: float = -1000.0  # hu_window: the window in Hounsfield units
     a_max: float = 1000.0
+    channel_wise: bool = False  # statistics per channel (MONAI's channel_wise=True) or over all channels
 
     def __post_init__(self) -> None:
         if self.policy not in get_args(Policy):
@@ -38,6 +43,14 @@ class IntensityPolicy:
             raise ModelFormatError(f"volume.intensity needs 0 <= lower < upper <= 100; got {self.lower}, {self.upper}")
         if not self.a_min < self.a_max:
             raise ModelFormatError(f"volume.intensity needs a_min < a_max; got {self.a_min}, {self.a_max}")
+        if not isinstance(self.channel_wise, bool):
+            raise ModelFormatError(f"volume.intensity.channel_wise must be true or false; got {self.channel_wise!r}")
+
+    def channels(self, data: np.ndarray) -> np.ndarray:
+        """A channel-first (C, X, Y, Z) stack normalised per channel or over all of them (``channel_wise``)."""
+        if self.channel_wise:
+            return np.stack([self(c) for c in data])
+        return self(data)
 
     def __call__(self, data: np.ndarray) -> np.ndarray:
         x = np.asarray(data, np.float32)

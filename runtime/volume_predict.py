@@ -100,7 +100,7 @@ class VolumeSegmenter(BundleModel):
             raise InvalidInputError(f"volume of shape {volume.data.shape} has {volume.channels} channel(s); this "
                                     f"model takes {want} (a 3-D volume, or 4-D with {want} volumes on the last axis)")
         data = volume.data if volume.data.ndim == 4 else volume.data[..., None]
-        return np.stack([self.spec.intensity(data[..., c]) for c in range(want)])
+        return np.ascontiguousarray(self.spec.intensity.channels(np.moveaxis(data, -1, 0)))
 
     def prepare_array(self, data: np.ndarray) -> np.ndarray:
         """:meth:`prepare` for a bare (X, Y, Z) or (X, Y, Z, C) array."""

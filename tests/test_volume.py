@@ -2,11 +2,13 @@
 
 The volume is a real one: a 48x56x40 crop of the MNI ICBM152 2009 T1 template (tests/data/README.md). The
 window tests use a patch function that depends on where the patch sits (a cumulative sum along an axis), so a
-wrong window, weight or blend changes the result; MONAI runs the same function in torch.
+wrong window, weight or blend changes the result; MONAI runs the same function in torch. The MONAI comparisons
+skip without torch/MONAI and the DICOM tests without pydicom; the NIfTI/.npy/affine tests need neither.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -17,10 +19,6 @@ from segrt.runtime.errors import InvalidInputError
 from segrt.runtime.volume_intensity import IntensityPolicy
 from segrt.runtime.volume_io import read_volume, volume_stem, write_labels_nifti
 from segrt.runtime.volume_window import WindowSpec, resize_linear, sliding_window
-
-torch = pytest.importorskip("torch")
-monai = pytest.importorskip("monai")
-pydicom = pytest.importorskip("pydicom")
 
 DATA = Path(__file__).parent / "data"
 T1 = DATA / "mni_t1_crop.nii.gz"
@@ -34,11 +32,19 @@ def patch_fn_np(x: np.ndarray) -> np.ndarray:
     return np.concatenate([np.tanh(x / 100), np.cumsum(x, axis=-1) / 1000.0], axis=1)
 
 
+def needs_monai():
+    """torch and MONAI for a comparison (the test skips without them)."""
+    return pytest.importorskip("torch"), pytest.importorskip("monai")
+
+
 def patch_fn_torch(x):
+    import torch
+
     return torch.cat([torch.tanh(x / 100), torch.cumsum(x, dim=-1) / 1000.0], dim=1)
 
 
 def monai_window(volume: np.ndarray, spec: WindowSpec) -> np.ndarray:
+    torch, _ = needs_monai()
     from monai.inferers import sliding_window_inference
 
     with torch.no_grad():
@@ -75,6 +81,7 @@ def test_sliding_window_holds_one_batch_of_patches_at_a_time() -> None:
 
 
 def test_resize_equals_monai_resize() -> None:
+    torch, _ = needs_monai()
     from monai.transforms import Resize
 
     volume = t1()[None]
@@ -83,18 +90,37 @@ def test_resize_equals_monai_resize() -> None:
         np.testing.assert_allclose(resize_linear(volume, size), theirs, rtol=1e-5, atol=1e-3)
 
 
-@pytest.mark.parametrize("policy, monai_transform", [
-    (IntensityPolicy("minmax"), lambda: monai.transforms.ScaleIntensity(minv=0.0, maxv=1.0)),
-    (IntensityPolicy("zscore"), lambda: monai.transforms.NormalizeIntensity()),
-    (IntensityPolicy("percentile", lower=2, upper=98), lambda: monai.transforms.ScaleIntensityRangePercentiles(
-        2, 98, 0.0, 1.0, clip=True)),
-    (IntensityPolicy("hu_window", a_min=40, a_max=200), lambda: monai.transforms.ScaleIntensityRange(
-        40, 200, 0.0, 1.0, clip=True)),
-])
-def test_intensity_policies_equal_monai(policy: IntensityPolicy, monai_transform) -> None:
+INTENSITY_CASES = [  # our policy, MONAI's transform and its arguments
+    (IntensityPolicy("minmax"), "ScaleIntensity", {"minv": 0.0, "maxv": 1.0}),
+    (IntensityPolicy("zscore"), "NormalizeIntensity", {}),
+    (IntensityPolicy("percentile", lower=2, upper=98), "ScaleIntensityRangePercentiles",
+     {"lower": 2, "upper": 98, "b_min": 0.0, "b_max": 1.0, "clip": True}),
+    (IntensityPolicy("hu_window", a_min=40, a_max=200), "ScaleIntensityRange",
+     {"a_min": 40, "a_max": 200, "b_min": 0.0, "b_max": 1.0, "clip": True}),
+]
+
+
+@pytest.mark.parametrize("policy, name, kwargs", INTENSITY_CASES)
+def test_intensity_policies_equal_monai(policy: IntensityPolicy, name: str, kwargs: dict) -> None:
+    torch, monai = needs_monai()
     x = t1()
-    theirs = np.asarray(monai_transform()(torch.from_numpy(x[None]))[0])
+    theirs = np.asarray(getattr(monai.transforms, name)(**kwargs)(torch.from_numpy(x[None]))[0])
     np.testing.assert_allclose(policy(x), theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channel_wise", [False, True])
+@pytest.mark.parametrize("policy, name, kwargs", INTENSITY_CASES[:3])
+def test_two_channel_intensity_equals_monai(policy: IntensityPolicy, name: str, kwargs: dict,
+                                           channel_wise: bool) -> None:
+    """Two channels of different ranges (T1 and a scaled, shifted copy): MONAI's default pools their statistics,
+    channel_wise=True takes them per channel; ours the same, through VolumeSegmenter.prepare's call."""
+    torch, monai = needs_monai()
+    x = np.stack([t1(), t1()[::-1] * 3.0 + 500.0])
+    theirs = np.asarray(getattr(monai.transforms, name)(**kwargs, channel_wise=channel_wise)(torch.from_numpy(x)))
+    ours = replace(policy, channel_wise=channel_wise).channels(x)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    if not channel_wise:
+        assert not np.allclose(ours, replace(policy, channel_wise=True).channels(x), atol=1e-3)
 
 
 def test_divide_by_max() -> None:
@@ -127,6 +153,7 @@ def write_series(folder: Path, data: np.ndarray, affine: np.ndarray, *, uid: str
                  skip: int | None = None, order: list[int] | None = None) -> None:
     """``data`` (column, row, slice) on ``affine`` (RAS) as one DICOM file per slice, built from pydicom's own
     CT_small.dcm (a real CT slice) with its pixels, position, orientation and spacing replaced."""
+    pydicom = pytest.importorskip("pydicom")
     from pydicom.data import get_testdata_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,6 +189,7 @@ def tilted_affine() -> np.ndarray:
 
 
 def test_dicom_series_equals_its_nifti(tmp_path: Path) -> None:
+    pytest.importorskip("pydicom")
     data = t1()[:, :, :12].astype(np.int16)
     aff = tilted_affine()
     order = list(range(12))
@@ -173,8 +201,10 @@ def test_dicom_series_equals_its_nifti(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("problem, says", [("two_series", "holds 2 DICOM series"), ("gap", "missing slices"),
-                                            ("no_spacing", "cannot be resolved")])
+                                            ("no_spacing", "cannot be resolved"),
+                                            ("no_position", "ct/slice005.dcm has no ImagePositionPatient")])
 def test_dicom_folder_refused(tmp_path: Path, problem: str, says: str) -> None:
+    pydicom = pytest.importorskip("pydicom")
     data = t1()[:, :, :8]
     if problem == "two_series":
         write_series(tmp_path / "ct", data, np.eye(4))
@@ -185,9 +215,12 @@ def test_dicom_folder_refused(tmp_path: Path, problem: str, says: str) -> None:
         write_series(tmp_path / "ct", data, np.eye(4), skip=4)
     else:
         write_series(tmp_path / "ct", data, np.eye(4))
-        for f in (tmp_path / "ct").iterdir():
+        for f in sorted((tmp_path / "ct").iterdir()):
             ds = pydicom.dcmread(f)
-            ds.PixelSpacing = [0.0, 0.0]
+            if problem == "no_spacing":
+                ds.PixelSpacing = [0.0, 0.0]
+            elif f.name == "slice005.dcm":  # a later slice without a position (the first one has it)
+                del ds.ImagePositionPatient
             ds.save_as(f)
     with pytest.raises(InvalidInputError, match=says):
         read_volume(tmp_path / "ct")
@@ -205,6 +238,7 @@ def test_corrupt_and_wrong_volumes_refused(tmp_path: Path) -> None:
 
 
 def test_dice_and_hd95_equal_monai() -> None:
+    torch, _ = needs_monai()
     from monai.metrics import compute_dice, compute_hausdorff_distance
 
     from segrt.runtime.volume_metrics import per_label
