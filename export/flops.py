@@ -26,15 +26,20 @@ def graph_compute(module: Any, example: Sequence[Any], io: Any) -> GraphCompute:
     """One graph's manifest entry. ``io`` names the inputs and their dynamic axes (a ``GraphIO`` or ``ModelSpec``):
     an image input with dynamic H and W is counted at the example and at twice its width, and the part that does
     not grow with pixels is kept as ``fixed`` (0 for a convnet; Mask R-CNN's RoI heads); inputs with a dynamic axis 0
-    named "prompts" are counted at one and two prompts (the decoder is linear in them); anything else is fixed."""
+    named "prompts" are counted at one and two prompts (the decoder is linear in them); anything else is fixed.
+
+    Only a rank-4 (N, C, H, W) input scales by pixels. A rank-5 volume input (N, C, D, H, W; MONAI's nets, dynamic
+    D/H/W) is recorded as ``fixed`` at the example's (D, H, W): the runtime calls the graph on sliding-window
+    patches of the manifest's roi_size (or the one resize size) only, so one call costs the same at every volume
+    size; ``benchmarks/limits.py`` has no per-voxel scaling to read."""
     axes = io.dynamic_axes.get(io.input_names[0], {})
-    at = tuple(int(d) for d in example[0].shape[-2:])
-    if 2 in axes and 3 in axes:
-        return _pixel_compute(module, example, at)
+    shape = tuple(int(d) for d in example[0].shape)
+    if len(shape) == 4 and 2 in axes and 3 in axes:
+        return _pixel_compute(module, example, shape[-2:])
     prompt_inputs = [i for i, name in enumerate(io.input_names) if io.dynamic_axes.get(name, {}).get(0) == "prompts"]
     if prompt_inputs:
         return _prompt_compute(module, example, prompt_inputs)
-    return GraphCompute(count_torch_flops(module, example), at, "fixed")
+    return GraphCompute(count_torch_flops(module, example), shape[2:] if len(shape) == 5 else shape[-2:], "fixed")
 
 
 def _pixel_compute(module: Any, example: Sequence[Any], at: tuple[int, ...]) -> GraphCompute:

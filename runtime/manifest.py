@@ -167,7 +167,8 @@ Scaling = Literal["pixels", "fixed", "prompts"]
 class GraphCompute:
     """One graph's FLOPs, counted once at export (``segrt.benchmarks.limits``), for one image (one prompt).
 
-    ``at`` is where it was counted: the image input's [H, W], or [prompts, points] for a prompt graph.
+    ``at`` is where it was counted: the image input's [H, W] ([D, H, W] for a volume graph, "fixed" per patch),
+    or [prompts, points] for a prompt graph.
     ``scales``: "pixels", ``fixed + (flops - fixed) * (H x W) / (at's H x W)`` for the graph input's H x W (a convnet
     with dynamic H/W: ``fixed`` 0; Mask R-CNN: its RoI heads, at 1000 proposals and 100 detections); "fixed", the
     same at every size (SAM's 1024 encoder); "prompts", ``flops + per_prompt * (prompts - 1)`` (SAM's decoder).

@@ -23,6 +23,7 @@ from segrt.export.exporter import build_module, export_bundle  # noqa: E402
 from segrt.export.models import get_spec, monai_nets  # noqa: E402
 from segrt.export.spec import ExportConfig  # noqa: E402
 from segrt.runtime.cli import main  # noqa: E402
+from segrt.runtime.manifest import read_manifest  # noqa: E402
 from segrt.runtime.volume_io import read_volume  # noqa: E402
 from segrt.runtime.volume_predict import VolumeSegmenter  # noqa: E402
 from segrt.runtime.volume_window import WindowSpec  # noqa: E402
@@ -58,6 +59,25 @@ def test_sliding_window_of_the_onnx_equals_monai_on_a_real_volume(unet) -> None:
         assert (seg.labels(ours) == np.argmax(theirs, 0)).mean() > 0.999
     verification = json.loads((bundle / "segrt.json").read_text())["verification"]
     assert verification["max_abs_prob_diff"] <= 1e-4 and verification["volume_shape"] == [48, 56, 40]
+
+
+def test_compute_is_one_patch_fixed_at_the_window(unet) -> None:
+    """The graph runs on roi_size patches only: its FLOPs are PyTorch's count of one patch, fixed at (D, H, W)."""
+    from segrt.export.flops import count_torch_flops
+
+    bundle, model = unet
+    entry = read_manifest(bundle).compute["model.onnx"]
+    assert entry.scales == "fixed" and entry.at == WINDOW.roi_size
+    assert entry.flops == count_torch_flops(model, (torch.rand(1, 1, *WINDOW.roi_size),)) > 0
+
+
+def test_score_threshold_on_a_volume_bundle_is_a_usage_error(unet, tmp_path: Path, capfd) -> None:
+    bundle, _ = unet
+    capfd.readouterr()
+    out = tmp_path / "out"
+    assert main(["run", str(bundle), "--input", str(T1), "--out", str(out), "--score-threshold", "0.5"]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith("segrt: error: score_threshold") and err.count("\n") == 1, err
 
 
 def sliding_window_probs(seg: VolumeSegmenter, image: np.ndarray, window: WindowSpec) -> np.ndarray:

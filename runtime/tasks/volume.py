@@ -31,7 +31,7 @@ class VolumeTask(Task):
         from ..volume_predict import VolumeSegmenter
 
         if kwargs.pop("score_threshold", None) is not None:
-            raise ModelFormatError("score_threshold applies to instance bundles; this one is volume")
+            raise InvalidInputError("score_threshold (--score-threshold) applies to instance bundles; this one is volume")
         return VolumeSegmenter(bundle, device, **kwargs)
 
     def runners(self, predictor: Any) -> dict:
