@@ -15,7 +15,7 @@ pytestmark = pytest.mark.prepost
 
 #: What only `segrt[export]` installs: the runtime may import none of it (onnx and onnxslim included).
 EXPORT_ONLY = ("torch", "torchvision", "segmentation_models_pytorch", "segment_anything", "onnx", "onnxslim",
-               "onnxscript", "safetensors", "skimage", "matplotlib")
+               "onnxscript", "safetensors", "skimage", "matplotlib", "monai", "transformers")
 BLOCK_TORCH = f"EXPORT_ONLY = {EXPORT_ONLY!r}\n" + textwrap.dedent(
     """
     import sys
