@@ -5,12 +5,12 @@ Mask R-CNN at 0.68x of ONNX Runtime's time; U-Net at parity). It sits after ``on
 is the user's call.
 
 ``openvino`` is an optional extra (``pip install 'segrt[openvino]'``): it is imported only when a runner is
-created or its availability asked, never when ``segrt.runtime`` is imported.
+created (availability is a ``find_spec``), never when ``segrt.runtime`` is imported.
 
-Settings: ``INFERENCE_PRECISION_HINT`` is ``f32`` (OpenVINO picks bf16 by default on CPUs with AMX/AVX512-BF16;
-segrt keeps FP32 so the answers match ONNX Runtime's; an INT8 QDQ graph still runs its quantized ops in INT8),
-``INFERENCE_NUM_THREADS`` from :attr:`RunnerOptions.threads` (None: OpenVINO's choice), everything else
-OpenVINO's defaults (the CPU plugin's latency hint)."""
+Settings: ``INFERENCE_PRECISION_HINT`` is ``f32`` (OpenVINO picks bf16 by default on CPUs with AMX/AVX512-BF16
+and f16 on ARM; segrt keeps FP32 so the answers match ONNX Runtime's; an INT8 QDQ graph still runs its
+convolutions in u8), ``INFERENCE_NUM_THREADS`` from :attr:`RunnerOptions.threads` (None: OpenVINO's choice),
+everything else OpenVINO's defaults (the CPU plugin's latency hint)."""
 
 from __future__ import annotations
 
