@@ -113,8 +113,8 @@ def limit_cell(limit: dict[str, Any] | None) -> str:
 
 
 def _peak_line(peak: dict[str, Any]) -> str:
-    return (f"peak: FP32 {peak['fp32_gflops']:.0f} GFLOP/s, INT8 {peak['int8_gops']:.0f} GOP/s, the best 2048^3 GEMM of ONNX Runtime and NumPy "
-            "GEMM, the higher of before and after the rows")
+    return (f"peak: FP32 {peak['fp32_gflops']:.0f} GFLOP/s, INT8 {peak['int8_gops']:.0f} GOP/s, the best 2048^3 "
+            "GEMM of ONNX Runtime and NumPy, the higher of before and after the rows")
 
 
 def _mem(row: dict[str, Any]) -> str:
