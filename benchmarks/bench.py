@@ -37,7 +37,8 @@ from segrt.runtime.semantic import Segmenter
 from segrt.runtime.tasks import task_for
 
 from . import peers
-from .timing import MIN_TIMED, PeakRss, Side, cold_start, measure_side, pair_sides, percentiles
+from .pairs import percentiles
+from .timing import MIN_TIMED, PeakRss, Side, cold_start, measure_side, pair_sides
 from .timing import repeat as _repeat
 
 __all__ = ["MIN_TIMED", "PeakRss", "cold_start", "percentiles"]  # re-exported: bench_sam, bench_serving, tests
