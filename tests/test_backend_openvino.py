@@ -122,6 +122,34 @@ def test_int8_qdq_bundle_runs_int8_and_agrees(unet_int8, unet_trained, photos) -
     assert float(np.mean(same)) >= 0.98, same
 
 
+def _instance_agreement(ref, res, threshold: float) -> dict[str, float]:
+    """ONNX Runtime's detections (``ref``) reproduced by OpenVINO's (``res``): same label, box and mask IoU
+    >= 0.98, score within 1e-3; and the highest OpenVINO score above the threshold that ONNX Runtime lacks."""
+    from segrt.runtime.matching import box_iou, match_instances
+
+    pairs = match_instances(ref.labels, ref.masks, res.labels, res.masks)
+    good = [(i, j) for i, j, iou in pairs if iou >= 0.98 and box_iou(ref.boxes[i:i + 1], res.boxes[j:j + 1])[0, 0] >= 0.98
+            and abs(float(ref.scores[i]) - float(res.scores[j])) <= 1e-3]
+    matched = {j for _, j in good}
+    extra = [float(s) - threshold for j, s in enumerate(res.scores) if j not in matched]
+    return {"ref": len(ref), "matched": len(good), "extra": max(extra, default=0.0)}
+
+
+@pytest.mark.slow
+def test_maskrcnn_instances_equal_onnxruntime(maskrcnn, photos) -> None:
+    from segrt.runtime import InstanceSegmenter
+    from segrt.runtime.image import read_image
+
+    images = [read_image(p) for p in sorted((maskrcnn.val / "images").iterdir())[:4]] + [photos["coffee"][::4, ::4]]
+    with InstanceSegmenter(maskrcnn.bundle, "cpu", threads=1) as ort_det, \
+            InstanceSegmenter(maskrcnn.bundle, "openvino", threads=1) as ov_det:
+        assert ov_det.runner.name == "openvino-cpu"
+        checks = [_instance_agreement(ort_det(im), ov_det(im), ort_det.score_threshold) for im in images]
+    assert sum(c["ref"] for c in checks) >= 4, checks  # detections to compare: not an empty agreement
+    assert sum(c["matched"] for c in checks) >= 0.95 * sum(c["ref"] for c in checks), checks
+    assert max(c["extra"] for c in checks) <= 0.01, checks
+
+
 def test_threads_and_dynamic_shapes() -> None:
     with OpenVinoCpuRunner(PPOCR, RunnerOptions(threads=1)) as runner:
         assert runner._compiled.get_property("INFERENCE_NUM_THREADS") == 1
