@@ -10,8 +10,9 @@ The order, fastest first and each one's fall-back signal being :class:`BackendUn
    run a little slower and because, with both installed, the native one can also run exact-version engines.
 3. ``onnxruntime-tensorrt``, 4. ``onnxruntime-cuda``, 5. ``onnxruntime-cpu``: ONNX Runtime's providers.
 6. ``openvino-cpu`` (OpenVINO's CPU plugin, the ``segrt[openvino]`` extra): after ONNX Runtime's CPU provider,
-   so ``auto`` picks it only where that provider is missing. Faster on some models (FP32 on a loaded 2-core
-   machine: DeepLabV3+ 0.77x, Mask R-CNN 0.68x of ONNX Runtime's time; U-Net at parity): ask for it per model
+   so ``auto`` picks it only where that provider is missing. Faster on some models (FP32, make bench runs 15/16 on a
+   quiet 2-core AMD EPYC, interleaved pairs: Mask R-CNN 0.80x-0.82x of ONNX Runtime's time; U-Net 1.08x and
+   DeepLabV3+ 1.12x, i.e. slower): ask for it per model
    with ``device="openvino"``.
 
 ``device="tensorrt"`` tries 1, 2 and 3; ``cuda`` 4; ``cpu`` 5; ``openvino`` 6. An engine segrt's TensorRT runners cannot run

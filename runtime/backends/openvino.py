@@ -1,6 +1,6 @@
 """OpenVINO's CPU plugin as a segrt backend (``device="openvino"``), for the models where it beats ONNX Runtime
-on the same ONNX file (measured on a loaded 2-core machine, 3 interleaved pairs, FP32: DeepLabV3+ at 0.77x and
-Mask R-CNN at 0.68x of ONNX Runtime's time; U-Net at parity). It sits after ``onnxruntime-cpu`` in
+on the same ONNX file (FP32, make bench runs 15/16, quiet 2-core AMD EPYC, interleaved pairs: Mask R-CNN at
+0.80x-0.82x of ONNX Runtime's time; U-Net 1.08x and DeepLabV3+ 1.12x, slower). It sits after ``onnxruntime-cpu`` in
 ``BACKENDS``, so ``auto`` takes it only where ONNX Runtime's CPU provider is missing; choosing it per model
 is the user's call.
 
