@@ -297,7 +297,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", type=baselines, default=["torch"],
                    help="comma-separated: torch (eager), compile (torch.compile too, where it works; minutes to compile), none "
                    "(no peers at all). Default ONNX Runtime and OpenVINO on the same ONNX run unless none")
-    p.add_argument("--no-sam", action="store_true", help="--quick without SAM vit_b (saves ~3 minutes)")
+    p.add_argument("--no-sam", action="store_true", help="--quick without SAM vit_b (saves ~8 minutes on 2 cores: its generator row is 32x32 points)")
     p.add_argument("--json", type=Path, help="write the full result (schema: docs/benchmarks.md)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")
     p.add_argument("--plot", type=Path, help="write a PNG chart of latency by model (matplotlib)")
