@@ -112,9 +112,12 @@ def test_ready_and_bound_to_loopback(server, bundles) -> None:
 
 
 @pytest.mark.parametrize("proto", ["http", "grpc"])
-def test_unet_equals_local(server, clients, bundles, photos, proto) -> None:
+def test_unet_equals_local(server, clients, bundles, unet_trained, proto) -> None:
+    from segrt.runtime.image import read_image
+
     seg = load(bundles["unet"], "cpu")
-    for image in (photos["coffee"][:150, :200], photos["chelsea"][:97, :131]):  # two sizes, odd ones too
+    scenes = [read_image(p) for p in sorted((unet_trained.val / "images").iterdir())[:2]]  # what it was trained on
+    for image in (scenes[0], np.ascontiguousarray(scenes[1][:93, :77])):  # two sizes, odd ones too
         got = infer(clients, proto, "unet", IMAGE=image[None]).as_numpy("LABELS")
         want = seg(image).label_map
         assert got.shape == (1, *image.shape[:2]) and got.dtype == np.uint8

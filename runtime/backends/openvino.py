@@ -112,9 +112,12 @@ class OpenVinoCpuRunner(Runner):
         self._compiled = None
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # A fresh request per call (~0.03 ms): a reused one keeps the previous call's outputs where this call's are
+        # empty (OpenVINO 2026.4, Mask R-CNN with no detection returned the last image's boxes).
+        request = self._compiled.create_infer_request()
         try:
-            res = self._request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+            res = request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
         except Exception as exc:  # noqa: BLE001 - OpenVINO's errors are untyped
             raise InferenceError(f"{self.name}: {_one_line(exc)}") from None
-        # copied: the request reuses its output buffers on the next call
+        # copied: the outputs are the request's buffers
         return {name: np.array(res[port]) for port, name in self._output_ports}
