@@ -1,9 +1,10 @@
 """Train (or reuse) the quick fixture models before the tests, with progress on stderr.
 
 ``make test`` runs ``python -m tests.prepare_fixtures`` first, so the training (6.4 minutes on a quiet 2-core
-Xeon with AVX-512, 17.5 on an AVX2-only EPYC; once per cache) is bounded by its work and shown as it goes, not hidden inside a session
-fixture under pytest's per-test clock and output capture. The tests' session fixtures then find the cache
-(``$SEGRT_TEST_CACHE``) and only load it; run without this step they still train what is missing.
+Xeon with AVX-512, 17.5 on an AVX2-only EPYC; once per cache) is bounded by its work and shown as it goes, not
+hidden inside a session fixture under pytest's per-test clock and output capture. The tests' session fixtures
+then find the cache (``$SEGRT_TEST_CACHE``) and only load it; run without this step they still train what is
+missing.
 """
 
 from __future__ import annotations

@@ -142,8 +142,9 @@ def test_usage_errors(tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["unet"])  # the CLI's export path is the same for every architecture; DeepLab's
-def test_export_then_run_matches_pytorch(tmp_path, photos, seeded, arch: str) -> None:  # API export: test_export_semantic
+# U-Net only: the CLI's export path is the same for every architecture (DeepLabV3+'s export: test_export_semantic)
+@pytest.mark.parametrize("arch", ["unet"])
+def test_export_then_run_matches_pytorch(tmp_path, photos, seeded, arch: str) -> None:
     """The foundation's acceptance test: a seeded checkpoint exported and run through the CLI."""
     ex = seeded(arch, "resnet18", 5)  # only for its module and checkpoint (test_export_semantic's, shared)
     bundle = tmp_path / "cli_bundle"

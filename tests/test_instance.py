@@ -129,9 +129,8 @@ def test_segrt_run_writes_instances_and_overlay(maskrcnn: Trained, tmp_path: Pat
 
     # the held-out scene with the most detections: the quick model's weights differ from machine to machine
     ref_det = InstanceSegmenter(maskrcnn.bundle, "cpu", score_threshold=0.3)
-    found = {p: ref_det(read_image(p)) for p in sorted((maskrcnn.val / "images").iterdir())[:6]}
-    scene, ref = max(found.items(), key=lambda kv: len(kv[1]))
-    photo = read_image(scene)
+    scenes = [read_image(p) for p in sorted((maskrcnn.val / "images").iterdir())[:6]]
+    photo, ref = max(((s, ref_det(s)) for s in scenes), key=lambda found: len(found[1]))
     cv2.imwrite(str(tmp_path / "scene.png"), photo[:, :, ::-1])
     proc = segrt("run", maskrcnn.bundle, "--input", tmp_path / "scene.png", "--out", tmp_path / "out",
                  "--score-threshold", "0.3")

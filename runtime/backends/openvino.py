@@ -91,7 +91,6 @@ class OpenVinoCpuRunner(Runner):
             self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         except Exception as exc:  # OpenVINO raises its own untyped RuntimeErrors
             raise ModelFormatError(f"cannot load {str(path)!r} with openvino: {_one_line(exc)}") from None
-        self._request = self._compiled.create_infer_request()
         self._inputs = tuple(_spec(p) for p in self._compiled.inputs)
         self._outputs = tuple(_spec(p) for p in self._compiled.outputs)
         self._output_ports = [(p, s.name) for p, s in zip(self._compiled.outputs, self._outputs)]
@@ -108,8 +107,7 @@ class OpenVinoCpuRunner(Runner):
         return hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
 
     def _release(self) -> None:
-        self._request = None  # OpenVINO frees the compiled model with its last reference
-        self._compiled = None
+        self._compiled = None  # OpenVINO frees the compiled model with its last reference
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # A fresh request per call (~0.03 ms): a reused one keeps the previous call's outputs where this call's are
