@@ -37,6 +37,7 @@ from segrt.runtime.semantic import Segmenter
 from segrt.runtime.tasks import task_for
 
 from . import peers
+from .isolated import in_child
 from .pairs import percentiles
 from .timing import MIN_TIMED, PeakRss, Side, cold_start, measure_side, pair_sides
 from .timing import repeat as _repeat
@@ -110,14 +111,15 @@ def time_ms(fn: Callable[[int], Any], cfg: BenchConfig) -> dict[str, float]:
 
 
 def ensure_bundle(arch: str, encoder: str, classes: int) -> Path:
-    """Export the seeded default model into the cache once; later runs reuse it."""
+    """Export the seeded default model into the cache once (in a child process); later runs reuse it."""
     from segrt.export.exporter import export_model
     from segrt.export.spec import ExportConfig
 
     out = cache_dir() / f"{arch}-{encoder}-{classes}"
     if not (out / "segrt.json").is_file():
         log.warning("exporting %s/%s with seeded weights into %s (once)", arch, encoder, out)
-        export_model(ExportConfig(architecture=arch, encoder=encoder, classes=classes, seed=0), out, force=True)
+        in_child(export_model, ExportConfig(architecture=arch, encoder=encoder, classes=classes, seed=0), out,
+                 force=True)
     return out
 
 

@@ -24,6 +24,7 @@ from segrt.runtime.manifest import read_manifest
 
 from . import peers
 from .bench import BenchConfig, add_side, build_peer, cache_dir, engine_sides, paired_row, photos, row_identity
+from .isolated import in_child
 from .timing import Side, measure_side
 
 log = logging.getLogger("segrt")
@@ -36,8 +37,8 @@ def ensure_instance_bundle(min_size: int = 800, max_size: int = 1333) -> Path:
     out = cache_dir() / f"maskrcnn-{min_size}-{max_size}"
     if not (out / "segrt.json").is_file():
         log.warning("exporting maskrcnn with seeded weights into %s (once)", out)
-        export_model(ExportConfig("maskrcnn", "maskrcnn_resnet50_fpn", 91, seed=0, min_size=min_size,
-                                  max_size=max_size), out, force=True)
+        in_child(export_model, ExportConfig("maskrcnn", "maskrcnn_resnet50_fpn", 91, seed=0, min_size=min_size,
+                                            max_size=max_size), out, force=True)
     return out
 
 

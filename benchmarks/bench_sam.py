@@ -28,6 +28,7 @@ from segrt.runtime.sam import SamPredictor
 from segrt.runtime.sam_amg import SamAutomaticMaskGenerator, build_point_grid
 
 from .bench import BenchConfig, cache_dir
+from .isolated import in_child
 from .pairs import fmt_ratio, interleave, timed_side
 
 log = logging.getLogger("segrt")
@@ -49,10 +50,18 @@ def ensure_sam_bundle(variant: str, seed: int = 0) -> Path:
     from segrt.export.sam_export import export_sam
 
     out = cache_dir() / f"sam-{variant}-seed{seed}"
-    if not (out / "segrt.json").is_file():
+    if not _current(out):
         log.warning("exporting SAM %s with seeded weights into %s (once)", variant, out)
-        export_sam(variant, None, out, seed=seed, force=True)
+        in_child(export_sam, variant, None, out, seed=seed, force=True)
     return out
+
+
+def _current(bundle: Path) -> bool:
+    """The cached bundle exists and carries the encoder's FLOP count (a bundle exported before the manifest's
+    ``compute`` section gives the encoder row no limit: it is exported again)."""
+    from segrt.runtime.manifest import read_manifest
+
+    return (bundle / "segrt.json").is_file() and "encoder.onnx" in read_manifest(bundle).compute
 
 
 def _photos() -> list[np.ndarray]:
@@ -72,10 +81,12 @@ def paired(ours: Any, theirs: Any, cfg: BenchConfig) -> dict[str, Any]:
 
 
 def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: tuple[str, ...] = ("fp32",),
-              amg_rounds: int = 2, default_amg_points: int | None = None) -> dict[str, Any]:
-    """One row of SAM stages; the generator rows take ``amg_rounds`` pairs after one warm-up (none with
-    ``amg_rounds`` 1). The relaxed generator row runs at ``amg_points``, the default one at
-    ``default_amg_points`` (default the same)."""
+              amg_rounds: int = 2, default_amg_points: int | None = None, amg_warmup: int | None = None
+              ) -> dict[str, Any]:
+    """One row of SAM stages; the generator rows take ``amg_rounds`` pairs after ``amg_warmup`` warm-up pairs
+    (default one, none with ``amg_rounds`` 1; the encoder and decoder rows before them have warmed both sides).
+    The relaxed generator row runs at ``amg_points``, the default one at ``default_amg_points`` (default the
+    same). The 64-prompt decoder takes half the pairs of ``cfg`` (at least the encoder's)."""
     import torch
     from segment_anything import SamPredictor as TorchPredictor
     from segrt.export.sam_export import build
@@ -94,8 +105,11 @@ def bench_sam(variant: str, cfg: BenchConfig, amg_points: int = 32, precisions: 
         row["encoder"] = _encoder(ours, theirs, images, slow)
         for precision in [p for p in precisions if p != "fp32"]:
             row.setdefault("encoder_variants", {})[precision] = _encoder_variant(bundle, precision, theirs, images, slow)
-        row.update(_decoders(ours, theirs, images[0], cfg, replace(slow, warmup=1)))
-        gen_cfg = replace(cfg, iters=amg_rounds, warmup=min(cfg.warmup, 1) if amg_rounds > 1 else 0, seconds=None)
+        row.update(_decoders(ours, theirs, images[0], cfg, replace(slow, iters=max(slow.iters, cfg.iters // 2),
+                                                                   warmup=1)))
+        if amg_warmup is None:
+            amg_warmup = min(cfg.warmup, 1) if amg_rounds > 1 else 0
+        gen_cfg = replace(cfg, iters=amg_rounds, warmup=amg_warmup, seconds=None)
         row["amg"] = [generator_row(ours, model, images[0], "default", default_amg_points or amg_points, AMG_DEFAULT,
                                     gen_cfg),
                       generator_row(ours, model, images[0], "relaxed", amg_points, AMG_RELAXED, gen_cfg)]
