@@ -162,9 +162,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--nms-threshold", type=fraction, default=0.5, help="per-class box NMS IoU in the graph")
     g.add_argument("--detections", type=int_at_least(1), default=100, help="maximum detections per image in the graph")
     g = p.add_argument_group("Segment Anything (sam)")
-    g.add_argument("--variant", choices=("vit_b", "vit_l", "vit_h", "tiny"),
-                   help="SAM encoder (default vit_b; tiny is a reduced test model with no official checkpoint)")
-    g.add_argument("--checkpoint", help="Meta's sam_vit_{b,l,h}_*.pth, loaded unchanged, or none (seeded weights)")
+    g.add_argument("--variant", choices=("vit_b", "vit_l", "vit_h", "tiny", "hiera_t", "hiera_s", "hiera_b+", "hiera_l"),
+                   help="SAM encoder (default vit_b; tiny is a reduced test model with no official checkpoint); "
+                   "sam2: hiera_t (default), hiera_s, hiera_b+, hiera_l")
+    g.add_argument("--checkpoint", help="Meta's sam_vit_{b,l,h}_*.pth (sam2: sam2.1_hiera_*.pt), loaded unchanged, "
+                   "or none (seeded weights)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.set_defaults(func=cmd_export)

@@ -35,10 +35,10 @@ a one-line ``InvalidInputError``, since a task need not be served).
 from __future__ import annotations
 
 from ..errors import ModelFormatError
-from . import instance, panoptic, sam, semantic, volume
+from . import instance, panoptic, sam, sam2, semantic, volume
 from .base import Task
 
-TASKS: tuple[Task, ...] = (semantic.TASK, instance.TASK, sam.TASK, panoptic.TASK, volume.TASK)
+TASKS: tuple[Task, ...] = (semantic.TASK, instance.TASK, sam.TASK, panoptic.TASK, volume.TASK, sam2.TASK)
 
 
 def task_names() -> tuple[str, ...]:
