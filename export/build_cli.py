@@ -7,6 +7,10 @@ so on a runtime-only install ``segrt build`` still builds any graph that already
 (fp32, an FP16 bundle, an INT8 Q/DQ bundle from ``segrt quantize --target tensorrt``) and says
 ``pip install 'segrt[export]'`` only when a variant has to be made. Flags, profiles and the graph's
 precision are checked first, then that TensorRT is installed, and only then is anything converted or built.
+
+``segrt build BUNDLE --device cpu`` needs no TensorRT: it times ONNX Runtime's CPU provider against OpenVINO's CPU
+plugin on each graph (:mod:`.cpu_choice`) and writes ``cpu_engine.json``, which ``device="auto"`` then follows on
+this CPU model (docs/cpu-engine.md).
 """
 
 from __future__ import annotations
@@ -44,7 +48,26 @@ def preflight(bundle: Path, opts: BuildOptions) -> tuple[list[str], BuildOptions
     return files, opts
 
 
+def cmd_build_cpu(args: argparse.Namespace) -> int:
+    """``--device cpu``: measure both CPU engines per graph, write ``cpu_engine.json``; no TensorRT involved."""
+    from segrt.runtime.cpu_engine import OPENVINO_CPU, write_record
+
+    from .cpu_choice import measure_bundle, require_openvino
+
+    require_openvino()  # one line saying what to install, before any model is loaded
+    record = measure_bundle(args.bundle, pairs=args.pairs, threads=args.threads, image_path=args.image)
+    for f, g in record["graphs"].items():
+        r, agreement = g["ratio"], g["agreement"]
+        print(f"segrt: {f} -> {g['backend']} ({OPENVINO_CPU} {r['median']:.2f}x [{r['q1']:.2f}-{r['q3']:.2f}] of "
+              f"onnxruntime-cpu's time, {g['pairs']} pairs; outputs {'agree' if agreement['passed'] else 'DIFFER'}, "
+              f"max relative difference {agreement['max_relative_diff']:.1e})")
+    print(f"segrt: wrote {write_record(args.bundle, record)} ({record['cpu']}, input {record['input']['source']})")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
+    if args.device == "cpu":
+        return cmd_build_cpu(args)
     files, opts = preflight(args.bundle, _options(args))
     tensorrt_version()  # one line saying what to install, before minutes of conversion
     if needs_variant(args.bundle, opts.precision):
@@ -58,8 +81,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build", help="build TensorRT engines (10.x or 11.x) into the bundle's engine cache")
+    p = sub.add_parser("build", help="build TensorRT engines (10.x or 11.x) into the bundle's engine cache; "
+                       "--device cpu: measure ONNX Runtime against OpenVINO and record the faster CPU engine")
     p.add_argument("bundle", type=Path)
+    p.add_argument("--device", choices=("tensorrt", "cpu"), default="tensorrt",
+                   help="cpu: time onnxruntime-cpu against openvino-cpu on each graph (interleaved pairs), check "
+                   "their outputs agree and write cpu_engine.json, which device=auto follows on this CPU model "
+                   "(needs segrt[openvino]; the TensorRT flags below do not apply)")
+    p.add_argument("--pairs", type=int_at_least(1), default=10, help="--device cpu: interleaved pairs per graph")
+    p.add_argument("--threads", type=int_at_least(1), help="--device cpu: threads for both engines (default: "
+                   "each engine's own choice)")
+    p.add_argument("--image", type=Path, help="--device cpu: the example image (default: the photo the export was "
+                   "verified on, else a seeded image at the model's size)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8", "best"), default="fp16",
                    help="the graph's precision: fp16 on an FP32 bundle makes its gated FP16 variant (needs "
                    "segrt[export]); int8 needs a Q/DQ bundle (segrt quantize --precision int8 --target tensorrt); "

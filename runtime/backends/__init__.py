@@ -10,10 +10,13 @@ The order, fastest first and each one's fall-back signal being :class:`BackendUn
    run a little slower and because, with both installed, the native one can also run exact-version engines.
 3. ``onnxruntime-tensorrt``, 4. ``onnxruntime-cuda``, 5. ``onnxruntime-cpu``: ONNX Runtime's providers.
 6. ``openvino-cpu`` (OpenVINO's CPU plugin, the ``segrt[openvino]`` extra): after ONNX Runtime's CPU provider,
-   so ``auto`` picks it only where that provider is missing. Faster on some models (FP32, make bench runs 15/16 on a
-   quiet 2-core AMD EPYC, interleaved pairs: Mask R-CNN 0.80x-0.82x of ONNX Runtime's time; U-Net 1.08x and
-   DeepLabV3+ 1.12x, i.e. slower): ask for it per model
-   with ``device="openvino"``.
+   so ``auto`` picks it only where that provider is missing, or where the bundle's ``cpu_engine.json`` (written by
+   ``segrt build BUNDLE --device cpu``, which times both on this graph in interleaved pairs and checks that their
+   outputs agree) names it for this graph and was measured on this machine's CPU model: then ``auto`` tries it
+   before ``onnxruntime-cpu`` (after the GPU backends) and logs the recorded ratio. Which one is faster depends on
+   the model and the CPU (FP32, interleaved pairs on a quiet 2-core AMD EPYC: Mask R-CNN 0.80x-0.82x of ONNX
+   Runtime's time; U-Net 1.08x and DeepLabV3+ 1.12x, slower); a record from another CPU is ignored with a log
+   line, a corrupt one with a warning (:mod:`..cpu_engine`). ``device="openvino"`` asks for it by name.
 
 ``device="tensorrt"`` tries 1, 2 and 3; ``cuda`` 4; ``cpu`` 5; ``openvino`` 6. An engine segrt's TensorRT runners cannot run
 (data-dependent output shapes such as Mask R-CNN's detections, shape-tensor inputs) is refused in ``__init__``,
@@ -26,6 +29,7 @@ import logging
 from pathlib import Path
 from typing import get_args
 
+from ..cpu_engine import preferred_cpu_backend
 from ..errors import BackendUnavailableError, InvalidInputError
 from .base import Device, Runner, RunnerOptions, TensorSpec
 from .openvino import OpenVinoCpuRunner
@@ -40,10 +44,20 @@ BACKENDS: tuple[type[Runner], ...] = (TensorRTRunner, TensorRTLeanRunner, OrtTen
 DEVICES = ("auto", *get_args(Device))
 
 
+def auto_order(model_path: Path) -> list[type[Runner]]:
+    """:data:`BACKENDS`, with ``openvino-cpu`` moved before ``onnxruntime-cpu`` when the bundle's
+    ``cpu_engine.json`` chose it for this graph on this CPU."""
+    order = list(BACKENDS)
+    if preferred_cpu_backend(Path(model_path)) == OpenVinoCpuRunner.name:
+        order.remove(OpenVinoCpuRunner)
+        order.insert(order.index(OrtCpuRunner), OpenVinoCpuRunner)
+    return order
+
+
 def select_runner(model_path: Path, device: str = "auto", options: RunnerOptions | None = None) -> tuple[Runner, list[str]]:
     """Create the first runner that works for ``device``; return it with the reasons others were skipped.
 
-    ``auto`` walks :data:`BACKENDS` in order. An explicit device tries only its own backends and
+    ``auto`` walks :func:`auto_order` (:data:`BACKENDS`, the CPU pair as ``cpu_engine.json`` chose). An explicit device tries only its own backends and
     raises :class:`BackendUnavailableError` naming why each failed.
     """
     if device not in DEVICES:
@@ -53,7 +67,7 @@ def select_runner(model_path: Path, device: str = "auto", options: RunnerOptions
         from dataclasses import replace
 
         options = replace(options, build_engines=True)  # asked for TensorRT by name: build when none fits
-    candidates = [b for b in BACKENDS if device == "auto" or b.device == device]
+    candidates = auto_order(model_path) if device == "auto" else [b for b in BACKENDS if b.device == device]
     skipped: list[str] = []
     for backend in candidates:
         reason = backend.unavailable_reason()
@@ -71,4 +85,4 @@ def select_runner(model_path: Path, device: str = "auto", options: RunnerOptions
     raise BackendUnavailableError(f"no backend for device {device!r}: " + "; ".join(skipped))
 
 
-__all__ = ["BACKENDS", "DEVICES", "Runner", "RunnerOptions", "TensorSpec", "available_providers", "select_runner"]
+__all__ = ["BACKENDS", "DEVICES", "auto_order", "Runner", "RunnerOptions", "TensorSpec", "available_providers", "select_runner"]
