@@ -83,6 +83,9 @@ class Dataset:
                                     "to score against")
         return cls(root, images, labels, coco, ids, panoptic)
 
+    def read(self, path: Path) -> np.ndarray:
+        return read_image(path)
+
     def truth(self, image: Path) -> np.ndarray:
         assert self.labels is not None
         path = self.labels / f"{image.stem}.png"
@@ -97,11 +100,11 @@ def evaluate(bundles: list[Path], devices: list[str], data: Path, reference: Pat
              score_threshold: float | None = None) -> dict[str, Any]:
     """``score_threshold`` (instance bundles): COCO AP rewards the low-score tail, so pass the graph's
     floor (e.g. 0.05) to score a bundle as torchvision's own evaluation does."""
-    ds = Dataset.open(data)
     tasks = {read_manifest(b).task for b in [*bundles, *([reference] if reference is not None else [])]}
     if len(tasks) != 1:
         raise InvalidInputError(f"all bundles of one evaluation must share a task; got {sorted(tasks)}")
     task = tasks.pop()
+    ds = open_dataset(task, data)
     evaluator = task_for(task).evaluator(ds, tolerances)  # refuses data without this task's ground truth, or the task
     opts: dict[str, Any] = {"threads": threads, "score_threshold": score_threshold}
     rows = [Row(b, d, load(b, d, **opts)) for b in bundles for d in devices]
@@ -114,7 +117,7 @@ def evaluate(bundles: list[Path], devices: list[str], data: Path, reference: Pat
     from tqdm import tqdm
 
     for path in tqdm(ds.images, unit="img", disable=len(ds.images) < 5):
-        image = read_image(path)
+        image = ds.read(path)
         ref = None
         for row in rows:
             t0 = time.perf_counter()
@@ -125,6 +128,12 @@ def evaluate(bundles: list[Path], devices: list[str], data: Path, reference: Pat
     return {"task": task, "data": str(data), "images": len(ds.images), "tolerances": tolerances.__dict__,
             "score_threshold": score_threshold,
             "rows": [_summary(r, evaluator, any(x.reference for x in rows)) for r in rows]}
+
+
+def open_dataset(task: str, data: Path) -> Any:
+    """The task evaluator's own reader of ``--data`` where it has one (``open_dataset``: volumes, which come with
+    label volumes), else :class:`Dataset` (images/ with labels/, COCO or panoptic ground truth)."""
+    return getattr(task_for(task).evaluator(None, None), "open_dataset", Dataset.open)(data)
 
 
 def _summary(row: Row, evaluator: Any, compared: bool) -> dict[str, Any]:

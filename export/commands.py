@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segrt.runtime.cli import fraction, int_at_least, size_arg
-from segrt.runtime.errors import ExportError, InvalidInputError
+from segrt.runtime.cli import fraction, int_at_least, positive_number
+from segrt.runtime.errors import ExportError, InvalidInputError, SegrtError
 
 if TYPE_CHECKING:
     from .spec import ModelSpec
@@ -18,6 +18,25 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    """``HxW`` or ``DxHxW`` (a 3-D window or model size)."""
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) not in (2, 3) or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW or DxHxW of positive sizes such as 512x512 or 96x96x96, "
+                                         f"got {text!r}")
+    return dims
+
+
+def _overlap(text: str) -> float:
+    value = fraction(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be >= 0 and < 1; got {value:g}")
+    return value
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -107,19 +126,84 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import(args: argparse.Namespace) -> int:
-    from .importer import ImportConfig, import_onnx
+#: the 2-D image flags, and the 3-D (--task volume) ones with MONAI's sliding_window_inference defaults
+_IMAGE_FLAGS = ("mean", "std", "resize", "stride", "input_name", "output", "color")
+_VOLUME_FLAGS = {"inference": "sliding_window", "overlap": 0.25, "blend": "constant", "sigma_scale": 0.125,
+                 "sw_batch_size": 1, "padding_mode": "constant", "intensity": "none", "percentiles": None,
+                 "hu_window": None, "channel_wise": False}
 
+
+def _flag(name: str) -> str:
+    return "--" + ("input" if name == "input_name" else name.replace("_", "-"))
+
+
+def _refuse_flags(args: argparse.Namespace, names: object, why: str) -> None:
+    given = [_flag(n) for n in names if getattr(args, n) not in (None, False)]
+    if given:
+        raise InvalidInputError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply {why}")
+
+
+def _image_config(args: argparse.Namespace) -> object:
+    from .importer import ImportConfig
+
+    _refuse_flags(args, _VOLUME_FLAGS, f"to --task {args.task} (2-D images); they are for --task volume")
     if (args.mean is None) != (args.std is None):
         raise InvalidInputError("pass --mean and --std together")
-    cfg = ImportConfig(
-        model=args.model, task=args.task, size=args.size, resize=args.resize, stride=args.stride,
+    return ImportConfig(
+        model=args.model, task=args.task, size=args.size, resize=args.resize, stride=args.stride or 32,
         activation=args.activation, threshold=args.threshold, classes=args.classes, input_name=args.input_name,
-        output=args.output, layout=args.layout, color=args.color,
+        output=args.output, layout=args.layout or "nchw", color=args.color,
         **({"mean": args.mean, "std": args.std} if args.mean is not None else {}),
     )
+
+
+def _intensity(flags: dict) -> object:
+    from segrt.runtime.volume_intensity import IntensityPolicy
+
+    policy, pct, hu = flags["intensity"], flags["percentiles"], flags["hu_window"]
+    if pct is not None and policy != "percentile":
+        raise InvalidInputError("--percentiles LO,HI goes with --intensity percentile")
+    if hu is not None and policy != "hu_window":
+        raise InvalidInputError("--hu-window A_MIN,A_MAX goes with --intensity hu_window")
+    for name, pair in (("--percentiles", pct), ("--hu-window", hu)):
+        if pair is not None and len(pair) != 2:
+            raise InvalidInputError(f"{name} takes two numbers LO,HI; got {len(pair)}")
+    extra = {"lower": pct[0], "upper": pct[1]} if pct else {"a_min": hu[0], "a_max": hu[1]} if hu else {}
+    try:
+        return IntensityPolicy(policy, channel_wise=flags["channel_wise"], **extra)
+    except SegrtError as exc:  # the manifest's wording; here it is a flag
+        raise InvalidInputError(str(exc).replace("volume.intensity", "--intensity")) from None
+
+
+def _volume_config(args: argparse.Namespace) -> object:
+    from segrt.runtime.volume_import import VolumeImport
+
+    _refuse_flags(args, _IMAGE_FLAGS, "to --task volume; a volume's intensity is --intensity (MONAI's transforms)")
+    flags = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in _VOLUME_FLAGS.items()}
+    if flags["inference"] == "resize":
+        window_flags = ("overlap", "blend", "sigma_scale", "sw_batch_size", "padding_mode")
+        _refuse_flags(args, window_flags, "to --inference resize (they set the sliding window)")
+    return VolumeImport(
+        model=args.model, layout=args.layout or "ncdhw", size=args.size, inference=flags["inference"],
+        overlap=flags["overlap"], mode=flags["blend"], sigma_scale=flags["sigma_scale"],
+        sw_batch_size=flags["sw_batch_size"], padding_mode=flags["padding_mode"], activation=args.activation,
+        threshold=args.threshold, classes=args.classes, intensity=_intensity(flags))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from segrt.runtime.volume_import import VolumeImport
+
+    from .importer import import_onnx
+
+    cfg = _volume_config(args) if args.task == VolumeImport.task else _image_config(args)
     manifest = import_onnx(cfg, args.out, force=args.force)
-    print(f"segrt: imported {args.model} to {args.out} ({len(manifest.classes)} classes, resize {manifest.input.resize})")
+    if isinstance(cfg, VolumeImport):
+        volume = manifest.volume or {}
+        size = volume["size"] if cfg.inference == "resize" else volume["window"]["roi_size"]
+        how = f"{cfg.inference} at {'x'.join(map(str, size))}"
+    else:
+        how = f"resize {manifest.input.resize}"
+    print(f"segrt: imported {args.model} to {args.out} ({len(manifest.classes)} classes, {how})")
     return 0
 
 
@@ -191,21 +275,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("import", help="wrap an existing ONNX segmentation model in a bundle")
+    p = sub.add_parser("import", help="wrap an existing ONNX segmentation model (2-D, or 3-D: --task volume) in a bundle")
     p.add_argument("model", type=Path)
     p.add_argument("--task", default="semantic", choices=[t.name for t in TASKS if t.importable])
     p.add_argument("--mean", type=_floats, help="per-channel mean in 0-1 units (default ImageNet)")
     p.add_argument("--std", type=_floats, help="per-channel std in 0-1 units (default ImageNet)")
-    p.add_argument("--size", type=size_arg, help="HxW for fixed-size models")
+    p.add_argument("--size", type=_dims, help="HxW for fixed-size models; --task volume: DxHxW, the window "
+                   "(sliding_window's roi_size) or the model's fixed size (resize)")
     p.add_argument("--resize", choices=("stretch", "letterbox", "pad"))
-    p.add_argument("--stride", type=int_at_least(1), default=32, help="pad multiple for --resize pad")
-    p.add_argument("--activation", choices=("softmax", "sigmoid", "none"), default="none")
+    p.add_argument("--stride", type=int_at_least(1), help="pad multiple for --resize pad (default 32)")
+    p.add_argument("--activation", choices=("softmax", "sigmoid", "none"), default="none",
+                   help="applied to the output (per window for volumes, before blending); none: already probabilities "
+                   "or scores")
     p.add_argument("--threshold", type=fraction, default=0.5, help="foreground threshold for one-channel outputs")
     p.add_argument("--classes", type=_names)
     p.add_argument("--input", dest="input_name", help="input tensor name (if the model has several)")
     p.add_argument("--output", help="output tensor name (if the model has several)")
-    p.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw")
+    p.add_argument("--layout", choices=("nchw", "nhwc", "ncdhw", "ndhwc"),
+                   help="nchw (default) or nhwc; --task volume: ncdhw (default) or ndhwc")
     p.add_argument("--color", choices=("rgb", "bgr", "gray"), help="channel order the model was trained on")
+    g = p.add_argument_group("3-D networks (--task volume); names and defaults of MONAI's sliding_window_inference")
+    g.add_argument("--inference", choices=("sliding_window", "resize"),
+                   help="sliding_window (default): windows of --size; resize: the whole volume stretched to --size")
+    g.add_argument("--overlap", type=_overlap, help="window overlap in [0, 1) (default 0.25)")
+    g.add_argument("--blend", choices=("constant", "gaussian"), help="MONAI's mode: the windows' weights (default constant)")
+    g.add_argument("--sigma-scale", type=positive_number, help="gaussian blend: sigma as a fraction of the window (0.125)")
+    g.add_argument("--sw-batch-size", type=int_at_least(1), help="windows per network call (default 1)")
+    g.add_argument("--padding-mode", choices=("constant", "reflect", "replicate", "circular"),
+                   help="padding of a volume smaller than the window (default constant)")
+    g.add_argument("--intensity", choices=("none", "minmax", "divide_max", "zscore", "percentile", "hu_window"),
+                   help="voxel normalisation, each as its MONAI transform (default none); see docs/volumes.md")
+    g.add_argument("--percentiles", type=_floats, metavar="LO,HI", help="--intensity percentile (default 0.5,99.5)")
+    g.add_argument("--hu-window", type=_floats, metavar="A_MIN,A_MAX", help="--intensity hu_window (default -1000,1000)")
+    g.add_argument("--channel-wise", action="store_true", default=None,
+                   help="intensity statistics per channel (MONAI's channel_wise=True)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_import)

@@ -10,6 +10,7 @@ from segrt.runtime.backends.ort import OrtCpuRunner
 from segrt.runtime.errors import InvalidInputError, ModelFormatError
 from segrt.runtime.manifest import Activation, ColorOrder, InputSpec, Layout, Manifest, OutputSpec, ResizeMode, write_manifest
 from segrt.runtime.tasks import TASKS, task_for
+from segrt.runtime.volume_import import VolumeImport, import_volume_onnx
 
 from .bundle import atomic_dir
 from .bundle import tool_versions
@@ -36,6 +37,16 @@ class ImportConfig:
     layout: Layout = "nchw"
     color: ColorOrder | None = None
 
+    def __post_init__(self) -> None:
+        if self.task == VolumeImport.task:
+            raise InvalidInputError("a 3-D network is imported with VolumeImport (segrt import --task volume)")
+        if self.layout not in ("nchw", "nhwc"):
+            raise InvalidInputError(f"--layout {self.layout} is a 3-D layout; a 3-D network is imported with "
+                                    "--task volume")
+        if self.size is not None and len(self.size) != 2:
+            raise InvalidInputError(f"--size {'x'.join(map(str, self.size))} is 3-D; a 2-D image model takes HxW "
+                                    "(a 3-D network: --task volume)")
+
 
 def _pick(names: list[str], wanted: str | None, what: str) -> str:
     if wanted is None:
@@ -53,7 +64,8 @@ def build_manifest(cfg: ImportConfig, runner: OrtCpuRunner) -> Manifest:
     inp = next(s for s in runner.input_specs() if s.name == inp_name)
     out = next(s for s in runner.output_specs() if s.name == out_name)
     if len(inp.shape) != 4:
-        raise ModelFormatError(f"input {inp_name!r} has shape {inp.shape}; segrt needs a rank-4 image input")
+        hint = " (a 3-D network: import it with --task volume --layout ncdhw|ndhwc)" if len(inp.shape) == 5 else ""
+        raise ModelFormatError(f"input {inp_name!r} has shape {inp.shape}; segrt needs a rank-4 image input{hint}")
     c_axis, hw = (1, (2, 3)) if cfg.layout == "nchw" else (3, (1, 2))
     channels = inp.shape[c_axis]
     if not isinstance(channels, int):
@@ -96,7 +108,10 @@ def build_manifest(cfg: ImportConfig, runner: OrtCpuRunner) -> Manifest:
     )
 
 
-def import_onnx(cfg: ImportConfig, out: Path, *, force: bool = False) -> Manifest:
+def import_onnx(cfg: ImportConfig | VolumeImport, out: Path, *, force: bool = False) -> Manifest:
+    """A 2-D image model (:class:`ImportConfig`) or a 3-D volume network (:class:`VolumeImport`, task ``volume``)."""
+    if isinstance(cfg, VolumeImport):
+        return import_volume_onnx(cfg, out, force=force, versions=tool_versions())
     importable = [t.name for t in TASKS if t.importable]
     if cfg.task not in importable:
         raise InvalidInputError(f"--task {cfg.task!r} cannot be imported yet; supported: {', '.join(importable)}")

@@ -3,8 +3,9 @@
 The NumPy/SciPy twins of MONAI's ``compute_dice`` and ``compute_hausdorff_distance(percentile=95)`` (tested
 against them): edges are the mask minus its binary erosion (outside the volume counts as background),
 distances are the Euclidean distance transform of the other mask's non-edges with the voxel spacing, and
-HD95 is the larger of the two directed 95th percentiles. An empty mask on one side: Dice 0, HD95 inf;
-empty on both: Dice and HD95 NaN (MONAI's conventions). SciPy is imported here only.
+HD95 is the larger of the two directed 95th percentiles. Empty masks follow MONAI's defaults
+(``compute_dice(ignore_empty=True)``, ``compute_hausdorff_distance``): an empty truth gives Dice NaN, an empty
+prediction of a present label Dice 0; HD95 is NaN when either mask is empty. SciPy is imported here only.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     p, t = pred.astype(bool), truth.astype(bool)
-    total = int(p.sum()) + int(t.sum())
-    return float("nan") if total == 0 else 2.0 * int((p & t).sum()) / total
+    if not t.any():
+        return float("nan")  # MONAI's ignore_empty=True: nothing to find
+    return 2.0 * int((p & t).sum()) / (int(p.sum()) + int(t.sum()))
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
@@ -30,10 +32,8 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (1.0, 1
     from scipy.ndimage import distance_transform_edt
 
     p, t = pred.astype(bool), truth.astype(bool)
-    if not p.any() and not t.any():
-        return float("nan")
     if not p.any() or not t.any():
-        return float("inf")
+        return float("nan")
     ep, et = _edges(p), _edges(t)
     to_truth = distance_transform_edt(~et, sampling=spacing)[ep]
     to_pred = distance_transform_edt(~ep, sampling=spacing)[et]

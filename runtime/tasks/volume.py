@@ -72,11 +72,14 @@ class VolumeTask(Task):
     def stages(self, predictor: Any, prompts: dict[str, Any] | None = None) -> Any:
         raise InvalidInputError("segrt stream takes 2-D frames; volume bundles run with segrt run --input VOLUME")
 
-    # -- not yet: each refuses with one line instead of a NotImplementedError traceback ---------------------
     def evaluator(self, dataset: Any, tolerances: Any) -> Any:
-        raise InvalidInputError("segrt eval does not score volume bundles yet; segrt.runtime.volume_metrics.per_label "
-                                "gives per-label Dice and HD95 against a label volume")
+        """Dice and HD95 per label against label volumes (``runtime/volume_eval.py``); its ``open_dataset`` reads
+        ``segrt eval --data`` (images/ + labels/, or the Decathlon/nnU-Net imagesTs/ + labelsTs/)."""
+        from ..volume_eval import VolumeEvaluator
 
+        return VolumeEvaluator(dataset, tolerances)
+
+    # -- not yet: each refuses with one line instead of a NotImplementedError traceback ---------------------
     def calibration_feeds(self, predictor: Any, image: np.ndarray) -> dict[str, np.ndarray]:
         raise InvalidInputError("segrt quantize does not calibrate volume bundles yet")
 
@@ -84,7 +87,7 @@ class VolumeTask(Task):
         raise InvalidInputError("segrt quantize does not gate volume bundles yet")
 
     gate_metric = "voxel_agreement"
-    importable = False
+    importable = True  # segrt import --task volume: runtime/volume_import.py (VolumeImport)
 
 
 TASK = VolumeTask()
