@@ -1,4 +1,4 @@
-// segrt.runtime._native: the C++ twin of segrt/runtime/_reference.py.
+// segrt.runtime._native: the C++ twin of segrt/runtime/_reference.py (and of panoptic_fusion.py's fuse_reference).
 //
 // Every function here has the same name, arguments and results as its NumPy twin, and computes the
 // same float32 operations in the same order (built with -ffp-contract=off, no fast-math), so integer
@@ -17,6 +17,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -670,6 +671,377 @@ PyObject* overlay_labels(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+// -- panoptic_fuse -----------------------------------------------------------------------------------
+// Panoptic FPN's fusion; the twin is segrt/runtime/panoptic_fusion.py's fuse_reference. Things by descending
+// score (stable, NaN last: NumPy's argsort of -score), each counted and pasted inside its window only (the
+// sequential part: an instance reads what the earlier ones pasted). Then the stuff, in two passes over the
+// image with rows split across threads: count each class's free pixels (and, up to 64 classes, mark the rows
+// and columns they touch, which gives the bboxes), then give the kept classes' free pixels their ids.
+// Segments come back as (source, category, area, x, y, w, h): source is the instance index of a thing, the
+// semantic class of stuff.
+struct Window {
+    Py_ssize_t y0 = 0, y1 = 0, x0 = 0, x1 = 0;  // rows [y0, y1), columns [x0, x1)
+};
+
+struct Extent {  // inclusive pixel extent
+    Py_ssize_t y0 = PY_SSIZE_T_MAX, y1 = -1, x0 = PY_SSIZE_T_MAX, x1 = -1;
+    void add(Py_ssize_t y, Py_ssize_t xa, Py_ssize_t xb) {
+        y0 = std::min(y0, y), y1 = std::max(y1, y), x0 = std::min(x0, xa), x1 = std::max(x1, xb);
+    }
+    void merge(const Extent& o) {
+        y0 = std::min(y0, o.y0), y1 = std::max(y1, o.y1), x0 = std::min(x0, o.x0), x1 = std::max(x1, o.x1);
+    }
+};
+
+struct Segment {
+    Py_ssize_t source;
+    int64_t category, area;
+    Extent box;
+};
+
+// First and last index of a nonzero byte in v[0, n) (n > 0, one known to be set).
+inline void nonzero_span(const uint8_t* v, Py_ssize_t n, Py_ssize_t& first, Py_ssize_t& last) {
+    first = 0, last = n - 1;
+    while (!v[first]) ++first;
+    while (!v[last]) --last;
+}
+
+// Instances in the twin's order, up to the first not confident; those of no thing category left out.
+std::vector<Py_ssize_t> thing_order(const float* score, const uint8_t* confident, const int32_t* category,
+                                    Py_ssize_t N) {
+    std::vector<Py_ssize_t> order(N), out;
+    for (Py_ssize_t i = 0; i < N; ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](Py_ssize_t a, Py_ssize_t b) {
+        float ka = -score[a], kb = -score[b];
+        if (std::isnan(ka)) return false;
+        return std::isnan(kb) || ka < kb;
+    });
+    for (Py_ssize_t k : order) {
+        if (!confident[k]) break;
+        if (category[k] != 0) out.push_back(k);
+    }
+    return out;
+}
+
+inline int64_t count_row(const uint8_t* m, Py_ssize_t n) {
+    int64_t c = 0;
+    for (Py_ssize_t x = 0; x < n; ++x) c += m[x] != 0;
+    return c;
+}
+
+// The rows and columns holding the mask (no box given), and its area.
+Window mask_window(const uint8_t* m, Py_ssize_t H, Py_ssize_t W, std::vector<uint8_t>& cols, int64_t& area) {
+    Window w;
+    Py_ssize_t first = -1, last = -1;
+    cols.assign(W, 0);
+    area = 0;
+    for (Py_ssize_t y = 0; y < H; ++y) {
+        const uint8_t* row = m + y * W;
+        int64_t c = count_row(row, W);
+        if (!c) continue;
+        if (first < 0) first = y;
+        last = y;
+        area += c;
+        for (Py_ssize_t x = 0; x < W; ++x) cols[x] |= row[x];
+    }
+    if (first < 0) return w;
+    nonzero_span(cols.data(), W, w.x0, w.x1);
+    w.y0 = first, w.y1 = last + 1, w.x1 += 1;
+    return w;
+}
+
+int64_t window_area(const uint8_t* m, Py_ssize_t W, const Window& w) {
+    int64_t a = 0;
+    for (Py_ssize_t y = w.y0; y < w.y1; ++y) a += count_row(m + y * W + w.x0, w.x1 - w.x0);
+    return a;
+}
+
+// The instance's pixels in the window that are still free.
+int64_t free_in_window(const uint8_t* m, const int32_t* pan, Py_ssize_t W, const Window& w) {
+    int64_t free = 0;
+    for (Py_ssize_t y = w.y0; y < w.y1; ++y) {
+        const uint8_t* mr = m + y * W;
+        const int32_t* pr = pan + y * W;
+        int32_t row = 0;
+        for (Py_ssize_t x = w.x0; x < w.x1; ++x) row += static_cast<int32_t>(mr[x] != 0) & static_cast<int32_t>(pr[x] == 0);
+        free += row;
+    }
+    return free;
+}
+
+// Gives the instance's free pixels in the window the id `id` (at least one is free); their extent.
+Extent paste_free(const uint8_t* m, int32_t* pan, Py_ssize_t W, const Window& w, int32_t id,
+                  std::vector<uint8_t>& cols) {
+    Extent e;
+    Py_ssize_t n = w.x1 - w.x0;
+    cols.assign(n, 0);
+    for (Py_ssize_t y = w.y0; y < w.y1; ++y) {
+        const uint8_t* mr = m + y * W + w.x0;
+        int32_t* pr = pan + y * W + w.x0;
+        uint8_t any = 0;
+        for (Py_ssize_t x = 0; x < n; ++x) {
+            int32_t v = pr[x];
+            uint8_t take = static_cast<uint8_t>((mr[x] != 0) & (v == 0));
+            pr[x] = take ? id : v;
+            cols[x] |= take;
+            any |= take;
+        }
+        if (any) e.y0 = std::min(e.y0, y), e.y1 = y;
+    }
+    nonzero_span(cols.data(), n, e.x0, e.x1);
+    e.x0 += w.x0, e.x1 += w.x0;
+    return e;
+}
+
+void paste_things(const uint8_t* masks, const float* score, const uint8_t* confident, const int32_t* category,
+                  const int64_t* boxes_window, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, double overlap_thr,
+                  int32_t* pan, std::vector<Segment>& out) {
+    std::vector<Py_ssize_t> order = thing_order(score, confident, category, N);
+    Py_ssize_t K = static_cast<Py_ssize_t>(order.size());
+    std::vector<Window> win(K);
+    std::vector<int64_t> area(K);
+    double work = boxes_window ? 0.0 : double(K) * H * W;
+    for (Py_ssize_t j = 0; boxes_window && j < K; ++j) {
+        const int64_t* bw = boxes_window + 4 * order[j];
+        work += double(bw[1] - bw[0]) * double(bw[3] - bw[2]);
+    }
+    parallel_for(K, work, [&](Py_ssize_t a, Py_ssize_t b) {  // windows and areas do not depend on the pasting
+        std::vector<uint8_t> cols;
+        for (Py_ssize_t j = a; j < b; ++j) {
+            const uint8_t* m = masks + order[j] * H * W;
+            if (!boxes_window) {
+                win[j] = mask_window(m, H, W, cols, area[j]);
+                continue;
+            }
+            const int64_t* bw = boxes_window + 4 * order[j];
+            win[j] = {bw[0], bw[1], bw[2], bw[3]};
+            area[j] = window_area(m, W, win[j]);
+        }
+    });
+    std::vector<uint8_t> cols;
+    for (Py_ssize_t j = 0; j < K; ++j) {
+        if (area[j] == 0) continue;
+        const uint8_t* m = masks + order[j] * H * W;
+        int64_t free = free_in_window(m, pan, W, win[j]);
+        if (static_cast<double>(area[j] - free) / static_cast<double>(area[j]) > overlap_thr || free == 0) continue;
+        Extent e = paste_free(m, pan, W, win[j], static_cast<int32_t>(out.size() + 1), cols);
+        out.push_back({order[j], category[order[j]], free, e});
+    }
+}
+
+// A label's class, or C for a label with no class.
+template <class T>
+inline size_t class_index(T v, Py_ssize_t C) {
+    bool ok = !(v < T(0)) && static_cast<uint64_t>(v) < static_cast<uint64_t>(C);
+    return ok ? static_cast<size_t>(v) : static_cast<size_t>(C);
+}
+
+constexpr Py_ssize_t MARKED_CLASSES = 64;  // classes whose rows and columns the count pass marks (bits of a word)
+
+struct StuffCounts {
+    std::vector<int64_t> counts;       // C + 1 free-pixel counts; the last: free pixels whose label has no class
+    std::vector<uint64_t> rows, cols;  // with Mark: per row / column, bit c set where class c has a free pixel
+};
+
+// Pass 1. Four interleaved histograms so that runs of one label do not wait on one counter.
+template <bool Mark, class T>
+void count_free(const T* sem, const int32_t* pan, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, StuffCounts& out) {
+    const int threads = thread_count();
+    const size_t bins = static_cast<size_t>(C + 1);
+    std::vector<std::vector<int64_t>> hist(threads, std::vector<int64_t>(4 * bins, 0));
+    std::vector<std::vector<uint64_t>> cols(Mark ? threads : 0, std::vector<uint64_t>(W, 0));
+    std::vector<uint64_t> bit(bins, 0);
+    for (Py_ssize_t c = 0; Mark && c < C; ++c) bit[c] = uint64_t(1) << c;
+    out.rows.assign(Mark ? H : 0, 0);
+    std::atomic<int> next{0};
+    parallel_for(H, double(H) * W, [&](Py_ssize_t y0, Py_ssize_t y1) {
+        int t = next.fetch_add(1);
+        int64_t* h = hist[t].data();
+        uint64_t* cm = Mark ? cols[t].data() : nullptr;
+        for (Py_ssize_t y = y0; y < y1; ++y) {
+            const T* sr = sem + y * W;
+            const int32_t* pr = pan + y * W;
+            uint64_t rm = 0;
+            for (Py_ssize_t x = 0; x < W; ++x) {
+                size_t k = class_index(sr[x], C);
+                int64_t f = pr[x] == 0;
+                h[(x & 3) * bins + k] += f;
+                if constexpr (Mark) {
+                    uint64_t b = bit[k] & (uint64_t(0) - static_cast<uint64_t>(f));
+                    cm[x] |= b;
+                    rm |= b;
+                }
+            }
+            if constexpr (Mark) out.rows[y] = rm;
+        }
+    });
+    out.counts.assign(bins, 0);
+    for (auto& h : hist)
+        for (size_t k = 0; k < 4 * bins; ++k) out.counts[k % bins] += h[k];
+    if constexpr (Mark) {
+        out.cols.assign(W, 0);
+        for (auto& c : cols)
+            for (Py_ssize_t x = 0; x < W; ++x) out.cols[x] |= c[x];
+    }
+}
+
+// Pass 2: the free pixels of kept classes take their segment's id (ids[class]; 0, and ids[C], leave them VOID).
+// Rows without a kept class are skipped when the rows are marked; otherwise each segment's extent is found here.
+template <class T>
+void assign_stuff(const T* sem, int32_t* pan, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, const std::vector<int32_t>& ids,
+                  const StuffCounts& sc, uint64_t kept_bits, int32_t first_id, std::vector<Extent>* boxes) {
+    const int threads = thread_count();
+    std::vector<std::vector<Extent>> part(boxes ? threads : 0, std::vector<Extent>(boxes ? boxes->size() : 0));
+    std::atomic<int> next{0};
+    parallel_for(H, double(H) * W, [&](Py_ssize_t y0, Py_ssize_t y1) {
+        std::vector<Extent>* e = boxes ? &part[next.fetch_add(1)] : nullptr;
+        for (Py_ssize_t y = y0; y < y1; ++y) {
+            if (!boxes && !(sc.rows[y] & kept_bits)) continue;
+            int32_t* pr = pan + y * W;
+            const T* sr = sem + y * W;
+            for (Py_ssize_t x = 0; x < W; ++x) {
+                int32_t v = pr[x], s = ids[class_index(sr[x], C)];
+                pr[x] = v ? v : s;
+                if (e && !v && s) (*e)[s - first_id].add(y, x, x);
+            }
+        }
+    });
+    for (auto& p : part)
+        for (size_t k = 0; k < boxes->size(); ++k) (*boxes)[k].merge(p[k]);
+}
+
+// Class c's extent from the marked rows and columns.
+Extent marked_extent(const StuffCounts& sc, Py_ssize_t c) {
+    Extent e;
+    uint64_t b = uint64_t(1) << c;
+    Py_ssize_t H = static_cast<Py_ssize_t>(sc.rows.size()), W = static_cast<Py_ssize_t>(sc.cols.size());
+    for (Py_ssize_t y = 0; y < H; ++y)
+        if (sc.rows[y] & b) e.y0 = std::min(e.y0, y), e.y1 = y;
+    for (Py_ssize_t x = 0; x < W; ++x)
+        if (sc.cols[x] & b) e.x0 = std::min(e.x0, x), e.x1 = x;
+    return e;
+}
+
+template <class T>
+void fuse_stuff(const T* sem, int32_t* pan, Py_ssize_t H, Py_ssize_t W, const int32_t* lut, Py_ssize_t C,
+                int64_t area_limit, int32_t first_id, const StuffCounts& sc, std::vector<Segment>& stuff) {
+    std::vector<int32_t> ids(C + 1, 0);
+    uint64_t kept_bits = 0;
+    for (Py_ssize_t c = 0; c < C; ++c)
+        if (lut[c] && sc.counts[c] >= std::max<int64_t>(area_limit, 1)) {
+            ids[c] = first_id + static_cast<int32_t>(stuff.size());
+            stuff.push_back({c, lut[c], sc.counts[c], {}});
+            if (c < MARKED_CLASSES) kept_bits |= uint64_t(1) << c;
+        }
+    if (stuff.empty()) return;
+    bool marked = !sc.rows.empty();
+    std::vector<Extent> boxes(stuff.size());
+    assign_stuff(sem, pan, H, W, C, ids, sc, kept_bits, first_id, marked ? nullptr : &boxes);
+    for (size_t k = 0; k < stuff.size(); ++k) stuff[k].box = marked ? marked_extent(sc, stuff[k].source) : boxes[k];
+}
+
+// The largest free label (some free label has no class: the error path).
+template <class T>
+T max_free_label(const T* sem, const int32_t* pan, Py_ssize_t n) {
+    bool seen = false;
+    T hi = T(0);
+    for (Py_ssize_t i = 0; i < n; ++i)
+        if (!pan[i]) hi = seen ? std::max(hi, sem[i]) : sem[i], seen = true;
+    return hi;
+}
+
+inline PyObject* py_int(int64_t v) { return PyLong_FromLongLong(v); }
+inline PyObject* py_int(uint64_t v) { return PyLong_FromUnsignedLongLong(v); }
+
+PyObject* segment_list(const std::vector<Segment>& segs) {
+    PyObject* list = PyList_New(static_cast<Py_ssize_t>(segs.size()));
+    for (size_t k = 0; list && k < segs.size(); ++k) {
+        const Segment& s = segs[k];
+        PyObject* t = Py_BuildValue("(nLLnnnn)", s.source, static_cast<long long>(s.category),
+                                    static_cast<long long>(s.area), s.box.x0, s.box.y0, s.box.x1 - s.box.x0 + 1,
+                                    s.box.y1 - s.box.y0 + 1);
+        if (!t) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, static_cast<Py_ssize_t>(k), t);
+    }
+    return list;
+}
+
+PyObject* fusion_result(const std::vector<Segment>& things, const std::vector<Segment>& stuff, PyObject* bad) {
+    if (!bad) return nullptr;
+    PyObject *a = segment_list(things), *b = segment_list(stuff);
+    PyObject* r = (a && b) ? PyTuple_Pack(3, a, b, bad) : nullptr;
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_DECREF(bad);
+    return r;
+}
+
+template <class T>
+PyObject* fuse_typed(const T* sem, const uint8_t* masks, const float* score, const uint8_t* confident,
+                     const int32_t* category, const int64_t* windows, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W,
+                     double overlap_thr, const int32_t* lut, Py_ssize_t C, int64_t area_limit, int32_t* pan) {
+    std::vector<Segment> things, stuff;
+    StuffCounts sc;
+    T hi = T(0);
+    bool bad;
+    Py_BEGIN_ALLOW_THREADS
+    paste_things(masks, score, confident, category, windows, N, H, W, overlap_thr, pan, things);
+    if (C <= MARKED_CLASSES) count_free<true>(sem, pan, H, W, C, sc);
+    else count_free<false>(sem, pan, H, W, C, sc);
+    bad = sc.counts[C] > 0;
+    if (bad) hi = max_free_label(sem, pan, H * W);
+    else fuse_stuff(sem, pan, H, W, lut, C, area_limit, static_cast<int32_t>(things.size() + 1), sc, stuff);
+    Py_END_ALLOW_THREADS
+    using Wide = std::conditional_t<std::is_signed_v<T>, int64_t, uint64_t>;
+    PyObject* bad_label = bad ? py_int(static_cast<Wide>(hi)) : (Py_INCREF(Py_None), Py_None);
+    return fusion_result(things, stuff, bad_label);
+}
+
+PyObject* panoptic_fuse(PyObject*, PyObject* args) {
+    PyObject *sem_o, *m_o, *s_o, *conf_o, *cat_o, *win_o, *lut_o, *pan_o;
+    double overlap_thr;
+    long long area_limit;
+    if (!PyArg_ParseTuple(args, "OOOOOOdOLO", &sem_o, &m_o, &s_o, &conf_o, &cat_o, &win_o, &overlap_thr, &lut_o,
+                          &area_limit, &pan_o))
+        return nullptr;
+    Buf sem, m, s, conf, cat, win, lut, pan;
+    if (!sem.get(sem_o, false, "semantic") || !m.get(m_o, false, "masks") || !s.get(s_o, false, "scores") ||
+        !conf.get(conf_o, false, "confident") || !cat.get(cat_o, false, "categories") ||
+        (win_o != Py_None && !win.get(win_o, false, "windows")) || !lut.get(lut_o, false, "stuff_lut") ||
+        !pan.get(pan_o, true, "panoptic"))
+        return nullptr;
+    Py_ssize_t H = pan.view.ndim == 2 ? pan.dim(0) : 0, W = pan.view.ndim == 2 ? pan.dim(1) : 0;
+    Py_ssize_t N = m.view.ndim == 3 ? m.dim(0) : -1, C = lut.view.ndim == 1 ? lut.dim(0) : -1;
+    if (!check(pan.is('i', 4) && pan.view.ndim == 2, "panoptic must be (H, W) int32") ||
+        !check(sem.view.ndim == 2 && sem.dim(0) == H && sem.dim(1) == W && (sem.kind() == 'u' || sem.kind() == 'i'),
+               "semantic must be an (H, W) integer map") ||
+        !check(m.is('b', 1) && N >= 0 && m.dim(1) == H && m.dim(2) == W, "masks must be (N, H, W) bool") ||
+        !check(s.is('f', 4) && s.view.ndim == 1 && s.dim(0) == N, "scores must be (N,) float32") ||
+        !check(conf.is('b', 1) && conf.view.ndim == 1 && conf.dim(0) == N, "confident must be (N,) bool") ||
+        !check(cat.is('i', 4) && cat.view.ndim == 1 && cat.dim(0) == N, "categories must be (N,) int32") ||
+        !check(win_o == Py_None || (win.is('i', 8) && win.view.ndim == 2 && win.dim(0) == N && win.dim(1) == 4),
+               "windows must be (N, 4) int64 or None") ||
+        !check(lut.is('i', 4) && C >= 0, "stuff_lut must be (C,) int32"))
+        return nullptr;
+    const int64_t* wp = win_o == Py_None ? nullptr : win.ptr<int64_t>();
+    for (Py_ssize_t i = 0; wp && i < N; ++i)
+        if (!check(wp[4 * i] >= 0 && wp[4 * i] <= wp[4 * i + 1] && wp[4 * i + 1] <= H && wp[4 * i + 2] >= 0 &&
+                       wp[4 * i + 2] <= wp[4 * i + 3] && wp[4 * i + 3] <= W, "window out of the image"))
+            return nullptr;
+    auto run = [&](auto* typed) {
+        return fuse_typed(typed, m.ptr<uint8_t>(), s.ptr<float>(), conf.ptr<uint8_t>(), cat.ptr<int32_t>(), wp, N, H,
+                          W, overlap_thr, lut.ptr<int32_t>(), C, area_limit, pan.ptr<int32_t>());
+    };
+    bool u = sem.kind() == 'u';
+    switch (sem.view.itemsize) {
+        case 1: return u ? run(sem.ptr<uint8_t>()) : run(sem.ptr<int8_t>());
+        case 2: return u ? run(sem.ptr<uint16_t>()) : run(sem.ptr<int16_t>());
+        case 4: return u ? run(sem.ptr<uint32_t>()) : run(sem.ptr<int32_t>());
+        case 8: return u ? run(sem.ptr<uint64_t>()) : run(sem.ptr<int64_t>());
+        default: return check(false, "semantic labels must be 1, 2, 4 or 8 bytes"), nullptr;
+    }
+}
+
 PyMethodDef methods[] = {
     {"resize_normalize", resize_normalize, METH_VARARGS, "image -> resized, normalised CHW region of out"},
     {"upsample", upsample, METH_VARARGS, "(C, h, w) -> (C, H, W) float32 through separable taps"},
@@ -678,6 +1050,7 @@ PyMethodDef methods[] = {
     {"paste_masks", paste_masks, METH_VARARGS, "(N, M, M) probabilities -> (N, H, W) masks inside their boxes"},
     {"rle_strings", rle_strings, METH_VARARGS, "(N, H, W) bool -> COCO compressed RLE count strings"},
     {"overlay_labels", overlay_labels, METH_VARARGS, "colour a label map over an RGB image"},
+    {"panoptic_fuse", panoptic_fuse, METH_VARARGS, "Panoptic FPN fusion of instance masks and a semantic map, in place"},
     {"kernel_threads", kernel_threads, METH_NOARGS, "threads a large kernel uses on the calling thread"},
     {"set_thread_limit", set_thread_limit, METH_VARARGS, "the calling thread's kernel thread cap (0: none); returns the previous"},
     {nullptr, nullptr, 0, nullptr},

@@ -237,3 +237,44 @@ def overlay_labels(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, a
     out = np.empty_like(image)
     impl().overlay_labels(_c(image), _c(labels), _c(colours, np.uint8), int(round(alpha * 256)), out)
     return out
+
+
+def _fusion_impl():
+    """The active implementation's ``panoptic_fuse``; the NumPy twin lives beside the fusion it mirrors."""
+    fn = getattr(impl(), "panoptic_fuse", None)
+    if fn is None:
+        from .panoptic_fusion import fuse_reference as fn
+    return fn
+
+
+def panoptic_fuse(semantic: np.ndarray, masks: np.ndarray, scores: np.ndarray, confident: np.ndarray,
+                  categories: np.ndarray, windows: np.ndarray | None, overlap_thr: float, stuff_lut: np.ndarray,
+                  area_limit: int) -> tuple[np.ndarray, list[tuple[int, ...]], list[tuple[int, ...]], int | None]:
+    """Panoptic FPN fusion (:func:`segrt.runtime.panoptic_fusion.fuse_reference` documents the arguments): the
+    (H, W) int32 panoptic map, the things and the stuff as (source, category, area, x, y, w, h), and the largest
+    free semantic label when one has no class (None: all have one)."""
+    if semantic.ndim != 2 or semantic.dtype.kind not in "ui":
+        raise InvalidInputError(f"expected an (H, W) integer semantic map; got {semantic.shape} {semantic.dtype}")
+    n, (h, w) = len(masks), semantic.shape
+    if masks.shape != (n, h, w):
+        raise InvalidInputError(f"instance masks {masks.shape} do not cover the semantic map {semantic.shape}")
+    if not scores.shape == confident.shape == categories.shape == (n,):
+        raise InvalidInputError(f"{n} masks need ({n},) scores, confidences and categories; got {scores.shape}, "
+                                f"{confident.shape} and {categories.shape}")
+    if windows is not None and (windows.shape != (n, 4) or not _windows_inside(windows, h, w)):
+        raise InvalidInputError(f"windows must be (N, 4) rows and columns inside the {h}x{w} image; got {windows.shape}")
+    if stuff_lut.ndim != 1:
+        raise InvalidInputError(f"the stuff table must be one category per semantic class; got shape {stuff_lut.shape}")
+    if isinstance(area_limit, bool) or not isinstance(area_limit, (int, np.integer)):
+        raise InvalidInputError(f"the stuff area limit must be a whole number of pixels; got {area_limit!r}")
+    panoptic = np.zeros((h, w), np.int32)
+    things, stuff, bad_label = _fusion_impl()(
+        _c(semantic), _c(masks, bool), _c(scores, np.float32), _c(confident, bool), _c(categories, np.int32),
+        None if windows is None else _c(windows, np.int64), float(overlap_thr), _c(stuff_lut, np.int32),
+        int(area_limit), panoptic)
+    return panoptic, things, stuff, bad_label
+
+
+def _windows_inside(windows: np.ndarray, h: int, w: int) -> bool:
+    y0, y1, x0, x1 = np.asarray(windows, np.int64).T
+    return bool(((0 <= y0) & (y0 <= y1) & (y1 <= h) & (0 <= x0) & (x0 <= x1) & (x1 <= w)).all())

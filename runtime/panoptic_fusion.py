@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels
 from .errors import InvalidInputError
 
 VOID = 0
@@ -100,13 +101,25 @@ class FusedSegment:
     score: float | None  # things only
 
 
-def _window(box: np.ndarray | None, mask: np.ndarray) -> tuple[slice, slice]:
-    """The rows and columns holding the mask: from its box (1 px of margin) when given, else from the mask."""
-    h, w = mask.shape
-    if box is not None:
-        x0, y0 = max(int(np.floor(box[0])) - 1, 0), max(int(np.floor(box[1])) - 1, 0)
-        x1, y1 = min(int(np.ceil(box[2])) + 2, w), min(int(np.ceil(box[3])) + 2, h)
-        return slice(y0, max(y1, y0)), slice(x0, max(x1, x0))
+def box_windows(boxes: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(N, 4) int64 rows [y0, y1) and columns [x0, x1) each mask is read in when boxes are given: its xyxy box
+    with 1 px of margin, inside the image (empty for a box outside it)."""
+    b = np.asarray(boxes, np.float64)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise InvalidInputError(f"boxes must be (N, 4) xyxy; got shape {b.shape}")
+    if not np.isfinite(b).all():
+        raise InvalidInputError("boxes must be finite; a box holds NaN or infinity")
+    h, w = hw
+    big = max(h, w) + 4  # clipped before the integer cast: a far box stays as far outside
+    lo = np.clip(np.floor(b[:, :2]), -big, big).astype(np.int64) - 1
+    hi = np.clip(np.ceil(b[:, 2:]), -big, big).astype(np.int64) + 2
+    x0, y0 = np.minimum(np.maximum(lo[:, 0], 0), w), np.minimum(np.maximum(lo[:, 1], 0), h)
+    x1, y1 = np.maximum(np.minimum(hi[:, 0], w), x0), np.maximum(np.minimum(hi[:, 1], h), y0)
+    return np.stack([y0, y1, x0, x1], 1)
+
+
+def _mask_window(mask: np.ndarray) -> tuple[slice, slice]:
+    """The rows and columns holding the mask (no box given)."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not len(rows):
         return slice(0, 0), slice(0, 0)
@@ -123,53 +136,68 @@ def _check(semantic: np.ndarray, masks: np.ndarray, scores: np.ndarray, labels: 
         raise InvalidInputError(f"instance masks {masks.shape} do not cover the semantic map {semantic.shape}")
     if not len(scores) == len(labels) == len(masks):
         raise InvalidInputError(f"{len(masks)} masks, {len(scores)} scores and {len(labels)} labels: one each")
+    if semantic.dtype.kind not in "ui":
+        raise InvalidInputError(f"the semantic map must hold integer class ids; got {semantic.dtype}")
 
 
-def paste_things(panoptic: np.ndarray, masks: np.ndarray, scores: np.ndarray, categories: np.ndarray,
-                 cfg: FusionConfig, boxes: np.ndarray | None = None) -> list[FusedSegment]:
-    """Step 1, in place on ``panoptic`` (all VOID on entry): ``categories`` is each instance's thing category
-    (0: not fused)."""
-    segments: list[FusedSegment] = []
+# A raw segment, as both twins return it: (source, category, area, x, y, w, h); source is the instance index
+# of a thing, the semantic class of stuff.
+RawSegment = tuple[int, int, int, int, int, int, int]
+
+
+def paste_things(panoptic: np.ndarray, masks: np.ndarray, scores: np.ndarray, confident: np.ndarray,
+                 categories: np.ndarray, windows: np.ndarray | None, overlap_thr: float) -> list[RawSegment]:
+    """Step 1, in place on ``panoptic`` (all VOID on entry): instances by descending score until the first not
+    ``confident``; ``categories`` is each one's thing category (0: not fused); ``windows`` from
+    :func:`box_windows`, or None to find each mask's own."""
+    segments: list[RawSegment] = []
     for k in np.argsort(-scores, kind="stable"):
-        if scores[k] < cfg.confidence_thr:
+        if not confident[k]:
             break
         if categories[k] == 0:
             continue
-        rows, cols = _window(None if boxes is None else boxes[k], masks[k])
+        if windows is None:
+            rows, cols = _mask_window(masks[k])
+        else:
+            rows, cols = slice(*windows[k, :2]), slice(*windows[k, 2:])
         mask, region = masks[k, rows, cols], panoptic[rows, cols]
         area = int(np.count_nonzero(mask))
         if area == 0:
             continue
         free = mask & (region == VOID)
         pasted = int(np.count_nonzero(free))
-        if (area - pasted) / area > cfg.overlap_thr or pasted == 0:
+        if (area - pasted) / area > overlap_thr or pasted == 0:
             continue
-        seg_id = len(segments) + 1
-        region[free] = seg_id
-        segments.append(FusedSegment(seg_id, int(categories[k]), pasted, _bbox(free, rows.start, cols.start),
-                                     float(scores[k])))
+        region[free] = len(segments) + 1
+        segments.append((int(k), int(categories[k]), pasted, *_bbox(free, rows.start, cols.start)))
     return segments
 
 
-def paste_stuff(panoptic: np.ndarray, semantic: np.ndarray, stuff_of_semantic: np.ndarray, cfg: FusionConfig,
-                first_id: int) -> list[FusedSegment]:
-    """Step 2, in place: each stuff class's free pixels become one segment if there are enough of them."""
-    free = panoptic == VOID
-    labels = semantic[free]
-    if labels.size and (labels.min() < 0 or labels.max() >= len(stuff_of_semantic)):
-        raise InvalidInputError(f"semantic labels run to {int(labels.max())}; the bundle has "
-                                f"{len(stuff_of_semantic)} classes")
-    counts = np.bincount(labels, minlength=len(stuff_of_semantic))
-    kept = [c for c in range(len(stuff_of_semantic)) if stuff_of_semantic[c] and counts[c] >= max(cfg.stuff_area_limit, 1)]
-    lut = np.zeros(len(stuff_of_semantic), np.int32)
+def paste_stuff(panoptic: np.ndarray, free: np.ndarray, labels: np.ndarray, stuff_lut: np.ndarray, area_limit: int,
+                first_id: int) -> list[RawSegment]:
+    """Step 2, in place: each stuff class's ``free`` pixels (their semantic ``labels``, all in range) become one
+    segment if there are at least ``area_limit`` (and 1) of them."""
+    labels = labels.astype(np.intp, copy=False)
+    counts = np.bincount(labels, minlength=len(stuff_lut))
+    kept = [c for c in range(len(stuff_lut)) if stuff_lut[c] and counts[c] >= max(area_limit, 1)]
+    lut = np.zeros(len(stuff_lut), np.int32)
     lut[kept] = np.arange(first_id, first_id + len(kept), dtype=np.int32)
     panoptic[free] = lut[labels]
-    segments = []
-    for c in kept:
-        seg_id = int(lut[c])
-        segments.append(FusedSegment(seg_id, int(stuff_of_semantic[c]), int(counts[c]), _bbox(panoptic == seg_id),
-                                     None))
-    return segments
+    return [(c, int(stuff_lut[c]), int(counts[c]), *_bbox(panoptic == lut[c])) for c in kept]
+
+
+def fuse_reference(semantic: np.ndarray, masks: np.ndarray, scores: np.ndarray, confident: np.ndarray,
+                   categories: np.ndarray, windows: np.ndarray | None, overlap_thr: float, stuff_lut: np.ndarray,
+                   area_limit: int, panoptic: np.ndarray) -> tuple[list[RawSegment], list[RawSegment], int | None]:
+    """The NumPy twin of the C++ ``panoptic_fuse`` (same arguments and results; :func:`kernels.panoptic_fuse`
+    validates them and picks one). Pastes into ``panoptic`` and returns the things, the stuff and, when a free
+    pixel's semantic label has no class, the largest free label (no stuff then; else None)."""
+    things = paste_things(panoptic, masks, scores, confident, categories, windows, overlap_thr)
+    free = panoptic == VOID
+    labels = semantic[free]
+    if labels.size and (labels.min() < 0 or labels.max() >= len(stuff_lut)):
+        return things, [], int(labels.max())
+    return things, paste_stuff(panoptic, free, labels, stuff_lut, area_limit, len(things) + 1), None
 
 
 def fuse(semantic: np.ndarray, masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, cats: Categories,
@@ -177,15 +205,21 @@ def fuse(semantic: np.ndarray, masks: np.ndarray, scores: np.ndarray, labels: np
     """The panoptic map (H, W) int32 of segment ids (0 VOID) and its segments, things first.
 
     ``semantic``: (H, W) class ids of the semantic bundle; ``masks`` (N, H, W) bool, ``scores`` (N,),
-    ``labels`` (N,) instance class ids; ``boxes`` (N, 4) xyxy bound each mask (they only speed it up)."""
+    ``labels`` (N,) instance class ids; ``boxes`` (N, 4) xyxy bound each mask (a mask is read inside its box
+    with 1 px of margin only). The C++ kernel by default, its NumPy twin with ``SEGRT_PREPOST=reference``."""
     _check(semantic, masks, scores, labels)
     labels = np.asarray(labels, np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(cats.thing_of_instance)):
         raise InvalidInputError(f"instance labels run to {int(labels.max())}; the bundle has "
                                 f"{len(cats.thing_of_instance)} classes")
-    panoptic = np.zeros(semantic.shape, np.int32)
-    things = paste_things(panoptic, masks, np.asarray(scores, np.float32), cats.thing_of_instance[labels], cfg, boxes)
-    if semantic.dtype.kind not in "ui":
-        raise InvalidInputError(f"the semantic map must hold integer class ids; got {semantic.dtype}")
-    stuff = paste_stuff(panoptic, semantic, cats.stuff_of_semantic, cfg, len(things) + 1)
-    return panoptic, things + stuff
+    scores = np.asarray(scores, np.float32)
+    windows = None if boxes is None else box_windows(boxes, semantic.shape)
+    panoptic, things, stuff, bad_label = kernels.panoptic_fuse(
+        semantic, masks, scores, ~(scores < cfg.confidence_thr), cats.thing_of_instance[labels], windows,
+        cfg.overlap_thr, cats.stuff_of_semantic, cfg.stuff_area_limit)
+    if bad_label is not None:
+        raise InvalidInputError(f"semantic labels run to {bad_label}; the bundle has "
+                                f"{len(cats.stuff_of_semantic)} classes")
+    segments = [FusedSegment(i + 1, cat, area, tuple(box), float(scores[k])) for i, (k, cat, area, *box) in enumerate(things)]
+    return panoptic, segments + [FusedSegment(len(segments) + i + 1, cat, area, tuple(box), None)
+                                 for i, (_, cat, area, *box) in enumerate(stuff)]
