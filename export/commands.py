@@ -306,7 +306,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--intensity", choices=("none", "minmax", "divide_max", "zscore", "percentile", "hu_window"),
                    help="voxel normalisation, each as its MONAI transform (default none); see docs/volumes.md")
     g.add_argument("--percentiles", type=_floats, metavar="LO,HI", help="--intensity percentile (default 0.5,99.5)")
-    g.add_argument("--hu-window", type=_floats, metavar="A_MIN,A_MAX", help="--intensity hu_window (default -1000,1000)")
+    g.add_argument("--hu-window", type=_floats, metavar="A_MIN,A_MAX",
+                   help="--intensity hu_window (default -1000,1000; a negative A_MIN as --hu-window=-175,250)")
     g.add_argument("--channel-wise", action="store_true", default=None,
                    help="intensity statistics per channel (MONAI's channel_wise=True)")
     p.add_argument("--out", type=Path, required=True)
