@@ -276,3 +276,18 @@ def test_bad_eval_data_is_one_line_exit_2(gm_bundle, tmp_path: Path, capfd, case
     lines = capfd.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("segrt: error: ") and says in lines[0], lines
     assert not (tmp_path / "e.json").exists()
+
+
+def test_eval_of_a_dicom_series_case_on_an_anisotropic_grid(gm_bundle, tmp_path: Path) -> None:
+    """An image may be a DICOM series folder (images/<case>/); HD95 takes the label volume's spacing (0.9, 1.1, 2.5)."""
+    from .test_volume import tilted_affine, write_series
+
+    data, aff = np.asarray(nib.load(T1).dataobj).astype(np.int16), tilted_affine()
+    write_series(tmp_path / "data" / "images" / "ct", data, aff)
+    (tmp_path / "data" / "labels").mkdir()
+    nib.save(nib.Nifti1Image(grey_matter_truth(), aff), tmp_path / "data" / "labels" / "ct.nii.gz")
+    assert main(["eval", str(gm_bundle), "--data", str(tmp_path / "data"), "--json", str(tmp_path / "e.json")]) == 0
+    grey = json.loads((tmp_path / "e.json").read_text())["rows"][0]["accuracy"]["labels"]["grey_matter"]
+    pred = VolumeSegmenter(gm_bundle, "cpu")(tmp_path / "data" / "images" / "ct").labels
+    dice, hd = monai_scores(pred, grey_matter_truth(), (0.9, 1.1, 2.5))
+    assert grey["dice"] == pytest.approx(dice, abs=1e-6) and grey["hd95_mm"] == pytest.approx(hd, rel=1e-5)
