@@ -22,6 +22,7 @@ from pathlib import Path
 from segrt.runtime.cli import int_at_least, positive_number, size_arg
 from segrt.runtime.engine import BuildOptions, derive_profiles
 from segrt.runtime.engine_build import build_engine, concrete, onnx_inputs, tensorrt_version
+from segrt.runtime.errors import InvalidInputError
 from segrt.runtime.manifest import read_manifest
 from segrt.runtime.variants import graph_for, graphs, needs_variant
 
@@ -48,14 +49,29 @@ def preflight(bundle: Path, opts: BuildOptions) -> tuple[list[str], BuildOptions
     return files, opts
 
 
+#: flags of one --device only; the other refuses them rather than ignoring them
+CPU_FLAGS = ("pairs", "threads", "image")
+TENSORRT_FLAGS = ("min", "opt", "max", "workspace_gb", "dla_core", "gpu_fallback", "version_compatible",
+                  "exclude_lean_runtime", "timing_cache", "force")
+
+
+def _refuse_flags(args: argparse.Namespace, names: tuple[str, ...], device: str) -> None:
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, False)]
+    if given:
+        raise InvalidInputError(f"{', '.join(given)} apply to segrt build --device {device} only; got --device "
+                                f"{args.device}")
+
+
 def cmd_build_cpu(args: argparse.Namespace) -> int:
     """``--device cpu``: measure both CPU engines per graph, write ``cpu_engine.json``; no TensorRT involved."""
     from segrt.runtime.cpu_engine import OPENVINO_CPU, write_record
 
-    from .cpu_choice import measure_bundle, require_openvino
+    from .cpu_choice import DEFAULT_PAIRS, measure_bundle, require_openvino
 
+    _refuse_flags(args, TENSORRT_FLAGS, "tensorrt")
     require_openvino()  # one line saying what to install, before any model is loaded
-    record = measure_bundle(args.bundle, pairs=args.pairs, threads=args.threads, image_path=args.image)
+    record = measure_bundle(args.bundle, pairs=args.pairs or DEFAULT_PAIRS, threads=args.threads,
+                            image_path=args.image)
     for f, g in record["graphs"].items():
         r, agreement = g["ratio"], g["agreement"]
         print(f"segrt: {f} -> {g['backend']} ({OPENVINO_CPU} {r['median']:.2f}x [{r['q1']:.2f}-{r['q3']:.2f}] of "
@@ -68,6 +84,7 @@ def cmd_build_cpu(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     if args.device == "cpu":
         return cmd_build_cpu(args)
+    _refuse_flags(args, CPU_FLAGS, "cpu")
     files, opts = preflight(args.bundle, _options(args))
     tensorrt_version()  # one line saying what to install, before minutes of conversion
     if needs_variant(args.bundle, opts.precision):
@@ -88,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cpu: time onnxruntime-cpu against openvino-cpu on each graph (interleaved pairs), check "
                    "their outputs agree and write cpu_engine.json, which device=auto follows on this CPU model "
                    "(needs segrt[openvino]; the TensorRT flags below do not apply)")
-    p.add_argument("--pairs", type=int_at_least(1), default=10, help="--device cpu: interleaved pairs per graph")
+    p.add_argument("--pairs", type=int_at_least(1), help="--device cpu: interleaved pairs per graph (default 10)")
     p.add_argument("--threads", type=int_at_least(1), help="--device cpu: threads for both engines (default: "
                    "each engine's own choice)")
     p.add_argument("--image", type=Path, help="--device cpu: the example image (default: the photo the export was "

@@ -38,6 +38,7 @@ MAX_RELATIVE_DIFF = 1e-3
 #: ... or, for per-class scores (N, C > 1, H, W), when the channel argmax is equal on this fraction of pixels
 MIN_ARGMAX_AGREEMENT = 0.999
 DEFAULT_SIDE = 512
+DEFAULT_PAIRS = 10
 RULE = (f"openvino-cpu when its median pair ratio (its time / onnxruntime-cpu's) < 1 and q3 < 1 and every output "
         f"agrees (max abs diff <= {MAX_RELATIVE_DIFF:g} x range, or channel argmax agreement >= "
         f"{MIN_ARGMAX_AGREEMENT}, same shapes); else onnxruntime-cpu")
@@ -166,7 +167,7 @@ def _versions() -> dict[str, str]:
     return {"segrt": __version__, "onnxruntime": onnxruntime.__version__, "openvino": openvino.get_version()}
 
 
-def measure_bundle(bundle: Path, pairs: int = 10, threads: int | None = None,
+def measure_bundle(bundle: Path, pairs: int = DEFAULT_PAIRS, threads: int | None = None,
                    image_path: Path | None = None) -> dict[str, Any]:
     """The ``cpu_engine.json`` record for ``bundle`` on this machine (not written)."""
     require_openvino()

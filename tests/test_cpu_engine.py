@@ -182,3 +182,12 @@ def test_without_openvino_build_cpu_says_what_to_install_and_auto_falls_back(mod
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'segrt[openvino]'" in lines[0] and lines[0].startswith("segrt: error:")
     assert not (import_dir / RECORD_NAME).exists()
+
+
+@pytest.mark.parametrize("flags, says", [
+    (("--device", "cpu", "--min", "256x256", "--force"), "--min, --force apply to segrt build --device tensorrt only"),
+    (("--pairs", "3", "--threads", "2"), "--pairs, --threads apply to segrt build --device cpu only"),
+])
+def test_flags_of_the_other_device_are_refused(ocr_bundle, capsys, flags, says) -> None:
+    assert main(["build", str(ocr_bundle), *flags]) == 2  # before anything is measured or built
+    assert says in capsys.readouterr().err
