@@ -128,9 +128,9 @@ def cases(photo: np.ndarray) -> list[dict[str, Any]]:
 
     labels = np.zeros(FRAME, np.uint8)
     labels[gray > 120] = (gray[gray > 120] % 20 + 1).astype(np.uint8)
-    from segrt.runtime.panoptic_fusion import fuse
+    from segrt.runtime.panoptic_fusion import FusionConfig, fuse
 
-    fusion = fusion_inputs(photo, FRAME)
+    fusion = fusion_inputs(photo, FRAME)  # semantic, masks, scores, labels, categories, boxes
     return [
         {"kernel": "preprocess (1080p RGB -> letterbox 512, normalise)", "run": native_pre,
          "opencv": lambda: _opencv_preprocess(frame_img, fr, spec)},
@@ -144,7 +144,7 @@ def cases(photo: np.ndarray) -> list[dict[str, Any]]:
         {"kernel": "COCO RLE (100 masks, 1080p)", "run": lambda: prepost.rle_encode(rle_masks), "opencv": None},
         {"kernel": "overlay (1080p label map)", "run": lambda: prepost.overlay_labels(frame_img, labels, 21),
          "opencv": lambda: _opencv_overlay(frame_img, labels)},
-        {"kernel": f"{FUSION} (100 instances, boxes given, 4 classes, 1080p)", "run": lambda: fuse(*fusion),
+        {"kernel": f"{FUSION} (100 instances, boxes given, 4 classes, 1080p)", "run": lambda: fuse(*fusion[:5], FusionConfig(), fusion[5]),
          "opencv": None},
     ]
 

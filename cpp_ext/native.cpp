@@ -750,23 +750,29 @@ Window mask_window(const uint8_t* m, Py_ssize_t H, Py_ssize_t W, std::vector<uin
     return w;
 }
 
-int64_t window_area(const uint8_t* m, Py_ssize_t W, const Window& w) {
-    int64_t a = 0;
-    for (Py_ssize_t y = w.y0; y < w.y1; ++y) a += count_row(m + y * W + w.x0, w.x1 - w.x0);
-    return a;
+inline void prefetch_row(const uint8_t* row, const Window& w) {
+    for (Py_ssize_t x = w.x0; x < w.x1; x += 64) __builtin_prefetch(row + x);
+    __builtin_prefetch(row + w.x1 - 1);
 }
 
-// The instance's pixels in the window that are still free.
-int64_t free_in_window(const uint8_t* m, const int32_t* pan, Py_ssize_t W, const Window& w) {
-    int64_t free = 0;
+// The instance's pixels in the window, and those still free, in one pass.
+void count_in_window(const uint8_t* m, const int32_t* pan, Py_ssize_t W, const Window& w, int64_t& area,
+                     int64_t& free) {
+    constexpr Py_ssize_t AHEAD = 8;  // rows: the mask planes are cold and each window row is a short read
+    area = 0, free = 0;
+    for (Py_ssize_t y = w.y0; y < std::min(w.y1, w.y0 + AHEAD); ++y) prefetch_row(m + y * W, w);
     for (Py_ssize_t y = w.y0; y < w.y1; ++y) {
         const uint8_t* mr = m + y * W;
         const int32_t* pr = pan + y * W;
-        int32_t row = 0;
-        for (Py_ssize_t x = w.x0; x < w.x1; ++x) row += static_cast<int32_t>(mr[x] != 0) & static_cast<int32_t>(pr[x] == 0);
-        free += row;
+        if (y + AHEAD < w.y1) prefetch_row(mr + AHEAD * W, w);
+        int32_t a = 0, f = 0;
+        for (Py_ssize_t x = w.x0; x < w.x1; ++x) {
+            int32_t in = mr[x] != 0;
+            a += in;
+            f += in & static_cast<int32_t>(pr[x] == 0);
+        }
+        area += a, free += f;
     }
-    return free;
 }
 
 // Gives the instance's free pixels in the window the id `id` (at least one is free); their extent.
@@ -793,37 +799,39 @@ Extent paste_free(const uint8_t* m, int32_t* pan, Py_ssize_t W, const Window& w,
     return e;
 }
 
+// Windows (from the boxes, else from each mask, with its area: whole-image scans, split across threads).
+void thing_windows(const uint8_t* masks, const std::vector<Py_ssize_t>& order, const int64_t* boxes_window,
+                   Py_ssize_t H, Py_ssize_t W, std::vector<Window>& win, std::vector<int64_t>& area) {
+    Py_ssize_t K = static_cast<Py_ssize_t>(order.size());
+    win.resize(K), area.assign(K, -1);
+    if (boxes_window) {
+        for (Py_ssize_t j = 0; j < K; ++j) {
+            const int64_t* bw = boxes_window + 4 * order[j];
+            win[j] = {bw[0], bw[1], bw[2], bw[3]};
+        }
+        return;
+    }
+    parallel_for(K, double(K) * H * W, [&](Py_ssize_t a, Py_ssize_t b) {
+        std::vector<uint8_t> cols;
+        for (Py_ssize_t j = a; j < b; ++j) win[j] = mask_window(masks + order[j] * H * W, H, W, cols, area[j]);
+    });
+}
+
 void paste_things(const uint8_t* masks, const float* score, const uint8_t* confident, const int32_t* category,
                   const int64_t* boxes_window, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, double overlap_thr,
                   int32_t* pan, std::vector<Segment>& out) {
     std::vector<Py_ssize_t> order = thing_order(score, confident, category, N);
-    Py_ssize_t K = static_cast<Py_ssize_t>(order.size());
-    std::vector<Window> win(K);
-    std::vector<int64_t> area(K);
-    double work = boxes_window ? 0.0 : double(K) * H * W;
-    for (Py_ssize_t j = 0; boxes_window && j < K; ++j) {
-        const int64_t* bw = boxes_window + 4 * order[j];
-        work += double(bw[1] - bw[0]) * double(bw[3] - bw[2]);
-    }
-    parallel_for(K, work, [&](Py_ssize_t a, Py_ssize_t b) {  // windows and areas do not depend on the pasting
-        std::vector<uint8_t> cols;
-        for (Py_ssize_t j = a; j < b; ++j) {
-            const uint8_t* m = masks + order[j] * H * W;
-            if (!boxes_window) {
-                win[j] = mask_window(m, H, W, cols, area[j]);
-                continue;
-            }
-            const int64_t* bw = boxes_window + 4 * order[j];
-            win[j] = {bw[0], bw[1], bw[2], bw[3]};
-            area[j] = window_area(m, W, win[j]);
-        }
-    });
+    std::vector<Window> win;
+    std::vector<int64_t> known_area;
+    thing_windows(masks, order, boxes_window, H, W, win, known_area);
     std::vector<uint8_t> cols;
-    for (Py_ssize_t j = 0; j < K; ++j) {
-        if (area[j] == 0) continue;
+    for (size_t j = 0; j < order.size(); ++j) {
+        if (known_area[j] == 0) continue;
         const uint8_t* m = masks + order[j] * H * W;
-        int64_t free = free_in_window(m, pan, W, win[j]);
-        if (static_cast<double>(area[j] - free) / static_cast<double>(area[j]) > overlap_thr || free == 0) continue;
+        int64_t area, free;
+        count_in_window(m, pan, W, win[j], area, free);
+        if (area == 0) continue;
+        if (static_cast<double>(area - free) / static_cast<double>(area) > overlap_thr || free == 0) continue;
         Extent e = paste_free(m, pan, W, win[j], static_cast<int32_t>(out.size() + 1), cols);
         out.push_back({order[j], category[order[j]], free, e});
     }
@@ -858,12 +866,13 @@ void count_free(const T* sem, const int32_t* pan, Py_ssize_t H, Py_ssize_t W, Py
         int t = next.fetch_add(1);
         int64_t* h = hist[t].data();
         uint64_t* cm = Mark ? cols[t].data() : nullptr;
+        const Py_ssize_t w = W, nc = C;  // locals: the int64 counters could alias the captured ones
         for (Py_ssize_t y = y0; y < y1; ++y) {
-            const T* sr = sem + y * W;
-            const int32_t* pr = pan + y * W;
+            const T* sr = sem + y * w;
+            const int32_t* pr = pan + y * w;
             uint64_t rm = 0;
-            for (Py_ssize_t x = 0; x < W; ++x) {
-                size_t k = class_index(sr[x], C);
+            for (Py_ssize_t x = 0; x < w; ++x) {
+                size_t k = class_index(sr[x], nc);
                 int64_t f = pr[x] == 0;
                 h[(x & 3) * bins + k] += f;
                 if constexpr (Mark) {
@@ -883,6 +892,66 @@ void count_free(const T* sem, const int32_t* pan, Py_ssize_t H, Py_ssize_t W, Py
         for (auto& c : cols)
             for (Py_ssize_t x = 0; x < W; ++x) out.cols[x] |= c[x];
     }
+}
+
+constexpr Py_ssize_t FEW_CLASSES = 16;  // uint8 labels of up to this many classes: counted class by class
+
+// Pass 1 for uint8 labels of few classes, in loops the compiler vectorises: each row's free labels (0xFF where
+// taken), then one compare per class; the free pixels whose label has no class are the rest.
+void count_free_few(const uint8_t* sem, const int32_t* pan, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                    StuffCounts& out) {
+    const int threads = thread_count();
+    std::vector<std::vector<int64_t>> hist(threads, std::vector<int64_t>(C + 1, 0));
+    std::vector<std::vector<uint8_t>> cols(threads, std::vector<uint8_t>(C * W, 0));
+    out.rows.assign(H, 0);
+    std::atomic<int> next{0};
+    parallel_for(H, double(H) * W, [&](Py_ssize_t y0, Py_ssize_t y1) {
+        const int t = next.fetch_add(1);
+        const Py_ssize_t w = W, nc = C;  // locals: stores through uint8_t* could alias the captured ones
+        int64_t* h = hist[t].data();
+        std::vector<uint8_t> row(w);
+        uint8_t* lab = row.data();
+        for (Py_ssize_t y = y0; y < y1; ++y) {
+            const uint8_t* sr = sem + y * w;
+            const int32_t* pr = pan + y * w;
+            int32_t free = 0, known = 0;
+            for (Py_ssize_t x = 0; x < w; ++x) {
+                int32_t f = pr[x] == 0;
+                lab[x] = static_cast<uint8_t>(sr[x] | static_cast<uint8_t>(f - 1));  // 0xFF where taken
+                free += f;
+            }
+            uint64_t rm = 0;
+            for (Py_ssize_t c = 0; c < nc; ++c) {
+                uint8_t* cm = cols[t].data() + c * w;
+                const uint8_t cls = static_cast<uint8_t>(c);
+                int32_t n = 0;
+                for (Py_ssize_t x = 0; x < w; ++x) {
+                    uint8_t hit = lab[x] == cls;
+                    n += hit;
+                    cm[x] |= hit;
+                }
+                h[c] += n, known += n;
+                rm |= n ? uint64_t(1) << c : 0;
+            }
+            h[nc] += free - known;
+            out.rows[y] = rm;
+        }
+    });
+    out.counts.assign(C + 1, 0);
+    out.cols.assign(W, 0);
+    for (int t = 0; t < threads; ++t) {
+        for (Py_ssize_t k = 0; k <= C; ++k) out.counts[k] += hist[t][k];
+        for (Py_ssize_t c = 0; c < C; ++c)
+            for (Py_ssize_t x = 0; x < W; ++x) out.cols[x] |= static_cast<uint64_t>(cols[t][c * W + x]) << c;
+    }
+}
+
+template <class T>
+void count_stuff(const T* sem, const int32_t* pan, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, StuffCounts& sc) {
+    if constexpr (std::is_same_v<T, uint8_t>)
+        if (C <= FEW_CLASSES) return count_free_few(sem, pan, H, W, C, sc);
+    if (C <= MARKED_CLASSES) count_free<true>(sem, pan, H, W, C, sc);
+    else count_free<false>(sem, pan, H, W, C, sc);
 }
 
 // Pass 2: the free pixels of kept classes take their segment's id (ids[class]; 0, and ids[C], leave them VOID).
@@ -908,6 +977,30 @@ void assign_stuff(const T* sem, int32_t* pan, Py_ssize_t H, Py_ssize_t W, Py_ssi
     });
     for (auto& p : part)
         for (size_t k = 0; k < boxes->size(); ++k) (*boxes)[k].merge(p[k]);
+}
+
+constexpr size_t FEW_KEPT = 4;  // uint8 labels with up to this many stuff segments: assigned class by class
+
+// Pass 2 for uint8 labels and few segments, in loops the compiler vectorises: one select per segment.
+void assign_few(const uint8_t* sem, int32_t* pan, Py_ssize_t H, Py_ssize_t W, const std::vector<Segment>& stuff,
+                int32_t first_id, const StuffCounts& sc, uint64_t kept_bits) {
+    parallel_for(H, double(H) * W * stuff.size() / 4, [&](Py_ssize_t y0, Py_ssize_t y1) {
+        const Py_ssize_t w = W;
+        for (Py_ssize_t y = y0; y < y1; ++y) {
+            if (!(sc.rows[y] & kept_bits)) continue;
+            int32_t* pr = pan + y * w;
+            const uint8_t* sr = sem + y * w;
+            for (size_t k = 0; k < stuff.size(); ++k) {
+                if (!(sc.rows[y] & (uint64_t(1) << stuff[k].source))) continue;
+                const uint8_t cls = static_cast<uint8_t>(stuff[k].source);
+                const int32_t id = first_id + static_cast<int32_t>(k);
+                for (Py_ssize_t x = 0; x < w; ++x) {
+                    int32_t v = pr[x];
+                    pr[x] = ((v == 0) & (sr[x] == cls)) ? id : v;
+                }
+            }
+        }
+    });
 }
 
 // Class c's extent from the marked rows and columns.
@@ -936,6 +1029,12 @@ void fuse_stuff(const T* sem, int32_t* pan, Py_ssize_t H, Py_ssize_t W, const in
     if (stuff.empty()) return;
     bool marked = !sc.rows.empty();
     std::vector<Extent> boxes(stuff.size());
+    if constexpr (std::is_same_v<T, uint8_t>)
+        if (marked && stuff.size() <= FEW_KEPT) {
+            assign_few(sem, pan, H, W, stuff, first_id, sc, kept_bits);
+            for (size_t k = 0; k < stuff.size(); ++k) stuff[k].box = marked_extent(sc, stuff[k].source);
+            return;
+        }
     assign_stuff(sem, pan, H, W, C, ids, sc, kept_bits, first_id, marked ? nullptr : &boxes);
     for (size_t k = 0; k < stuff.size(); ++k) stuff[k].box = marked ? marked_extent(sc, stuff[k].source) : boxes[k];
 }
@@ -986,8 +1085,7 @@ PyObject* fuse_typed(const T* sem, const uint8_t* masks, const float* score, con
     bool bad;
     Py_BEGIN_ALLOW_THREADS
     paste_things(masks, score, confident, category, windows, N, H, W, overlap_thr, pan, things);
-    if (C <= MARKED_CLASSES) count_free<true>(sem, pan, H, W, C, sc);
-    else count_free<false>(sem, pan, H, W, C, sc);
+    count_stuff(sem, pan, H, W, C, sc);
     bad = sc.counts[C] > 0;
     if (bad) hi = max_free_label(sem, pan, H * W);
     else fuse_stuff(sem, pan, H, W, lut, C, area_limit, static_cast<int32_t>(things.size() + 1), sc, stuff);

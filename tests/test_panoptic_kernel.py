@@ -190,17 +190,22 @@ def test_label_dtypes_and_labels_without_a_class(dtype) -> None:
 
 
 @needs_native
-def test_more_classes_than_the_marked_rows_hold() -> None:
-    """Past 64 semantic classes the kernel finds each stuff segment's bbox pixel by pixel instead."""
-    rng = np.random.default_rng(5)
-    names = [f"c{i}" for i in range(70)]
-    cats = Categories.build(names, ["bg", "c3", "c66"], ["c3", "c66"])
-    semantic = np.repeat(np.repeat(rng.integers(0, 70, (12, 16)), 5, 0), 5, 1).astype(np.uint8)
+@pytest.mark.parametrize("classes, dtype", [(5, np.uint8), (16, np.uint8), (17, np.uint8), (70, np.uint8),
+                                            (70, np.int16)])
+def test_class_counts_on_each_side_of_the_kernels_paths(classes, dtype) -> None:
+    """uint8 labels of up to 16 classes are counted class by class (and, up to 4 stuff segments, assigned so);
+    up to 64 classes each class's rows and columns are marked; past that bboxes are found pixel by pixel."""
+    rng = np.random.default_rng(classes)
+    names = [f"c{i}" for i in range(classes)]
+    cats = Categories.build(names, ["bg", "c3", "c4"], ["c3", "c4"])
+    semantic = np.repeat(np.repeat(rng.integers(0, classes, (12, 16)), 5, 0), 5, 1).astype(dtype)
     masks, scores, labels, boxes = random_instances(rng, 60, 80, 12, 3)
-    for limit in (0, 20, 50):
+    counts = []
+    for limit in (0, 20, 50, 120, 400):
         for b in (boxes, None):
             pan, segments = assert_same(semantic, masks, scores, labels, cats, FusionConfig(0.3, 0.5, limit), b)
-    assert len(segments) > 10
+        counts.append(sum(s.score is None for s in segments))
+    assert min(counts) <= 4 and (classes < 16 or max(counts) > 4), counts  # both sides of the 4-segment path
 
 
 # -- random cases ----------------------------------------------------------------------------------------
