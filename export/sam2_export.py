@@ -22,7 +22,7 @@ from .models import sam2 as S2
 from .spec import ExportConfig
 from .verify import check_prompts, mask_iou
 
-__all__ = ["build", "export_sam2", "graph_agreement", "predictor_agreement", "sam2_config", "write_sidecar"]
+__all__ = ["agreement", "build", "export_sam2", "sam2_config", "write_sidecar"]
 
 
 def sam2_config(variant: str, checkpoint: Path | None, *, seed: int = 0, opset: int = 18,
@@ -77,46 +77,48 @@ def _sam2_decoder(model: Any, feats: dict[str, Any], coords: np.ndarray, labels:
     return [masks.numpy(), iou.numpy(), obj.numpy()]
 
 
-def graph_agreement(model: Any, bundle: Path, photo: np.ndarray) -> dict[str, float]:
-    """Each graph output's max abs difference from the sam2 modules on the same input, over the modules' max abs
-    value: the encoder on sam2's own preprocessing of ``photo``, the decoder on its features and the test prompts."""
-    import torch
-    from sam2.utils.transforms import SAM2Transforms
-
-    pred = SAM2ImagePredictor(bundle, "cpu")
-    rgb = np.ascontiguousarray(photo[..., :3])
-    x = SAM2Transforms(resolution=S2.IMAGE_SIZE, mask_threshold=0.0)(rgb)[None]
-    with torch.no_grad():
-        ref_feats = dict(zip(FEATURES, S2.encoder_graph(model)(x)))
-    got = pred.encoder.infer({"image": x.numpy()})
-    errors = {f"encoder.{k}": _rel(got[k], ref_feats[k].numpy()) for k in FEATURES}
-    feats = {k: np.ascontiguousarray(got[k]) for k in FEATURES}
-    torch_feats = {k: torch.from_numpy(v) for k, v in feats.items()}
-    for prompt in check_prompts(*rgb.shape[:2]):
-        coords, labels = pred.prompts(prompt.get("point_coords"), prompt.get("point_labels"), prompt.get("box"),
-                                      True, rgb.shape[:2])
-        out = pred.decoder.infer({**feats, "point_coords": coords, "point_labels": labels,
-                                  "mask_input": np.zeros((1, 1, S2.LOW_RES, S2.LOW_RES), np.float32),
-                                  "has_mask_input": np.zeros(1, np.float32)})
-        ref = _sam2_decoder(model, torch_feats, coords, labels)
-        for name, r in zip(S2.DECODER_OUTPUTS, ref):
-            key = f"decoder.{name}"
-            errors[key] = max(errors.get(key, 0.0), _rel(out[name], r))
-    pred.close()
-    return errors
-
-
-def predictor_agreement(model: Any, bundle: Path, photo: np.ndarray) -> list[dict[str, Any]]:
-    """sam2's ``SAM2ImagePredictor`` against segrt's on ``photo``, every test prompt, with and without multimask
-    output: worst mask IoU, IoU-prediction error and the reference masks' share of the image."""
+def agreement(model: Any, bundle: Path, photo: np.ndarray) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The bundle against sam2 on ``photo``: each graph output's max abs difference from the sam2 modules on the
+    same input, over the modules' max abs value (the encoder on sam2's own preprocessing, the decoder on those
+    features and the test prompts); then segrt's ``SAM2ImagePredictor`` against sam2's, end to end."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor as TorchPredictor
 
     rgb = np.ascontiguousarray(photo[..., :3])
     ref, pred = TorchPredictor(model), SAM2ImagePredictor(bundle, "cpu")
     ref.set_image(rgb)
+    feats = ref._features
+    ref_feats = {"image_embed": feats["image_embed"], "high_res_feats_0": feats["high_res_feats"][0],
+                 "high_res_feats_1": feats["high_res_feats"][1]}
+    got = pred.encoder.infer({"image": ref._transforms(rgb)[None].numpy()})
+    errors = {f"encoder.{k}": _rel(got[k], ref_feats[k].numpy()) for k in FEATURES}
+    errors.update(_decoder_errors(model, pred, {k: np.ascontiguousarray(got[k]) for k in FEATURES}, rgb.shape[:2]))
     pred.set_image(rgb)
+    checks = _predictor_checks(ref, pred, rgb.shape[:2])
+    pred.close()
+    return errors, checks
+
+
+def _decoder_errors(model: Any, pred: SAM2ImagePredictor, feats: dict[str, np.ndarray], hw: tuple[int, int]
+                    ) -> dict[str, float]:
+    import torch
+
+    torch_feats = {k: torch.from_numpy(v) for k, v in feats.items()}
+    errors: dict[str, float] = {}
+    for prompt in check_prompts(*hw):
+        coords, labels = pred.prompts(prompt.get("point_coords"), prompt.get("point_labels"), prompt.get("box"), True, hw)
+        out = pred.decoder.infer({**feats, "point_coords": coords, "point_labels": labels,
+                                  "mask_input": np.zeros((1, 1, S2.LOW_RES, S2.LOW_RES), np.float32),
+                                  "has_mask_input": np.zeros(1, np.float32)})
+        for name, r in zip(S2.DECODER_OUTPUTS, _sam2_decoder(model, torch_feats, coords, labels)):
+            errors[f"decoder.{name}"] = max(errors.get(f"decoder.{name}", 0.0), _rel(out[name], r))
+    return errors
+
+
+def _predictor_checks(ref: Any, pred: SAM2ImagePredictor, hw: tuple[int, int]) -> list[dict[str, Any]]:
+    """Every test prompt, with and without multimask output: worst mask IoU, IoU-prediction error and the
+    reference masks' share of the image."""
     checks = []
-    for prompt in check_prompts(*rgb.shape[:2]):
+    for prompt in check_prompts(*hw):
         kwargs = {k: v for k, v in prompt.items() if k != "name"}
         for multi in (True, False):
             m_t, iou_t, _ = ref.predict(multimask_output=multi, **kwargs)
@@ -125,5 +127,4 @@ def predictor_agreement(model: Any, bundle: Path, photo: np.ndarray) -> list[dic
                            "min_mask_iou": min(mask_iou(a, b > 0.5) for a, b in zip(m_o, m_t)),
                            "iou_pred_abs_error": float(np.abs(iou_o - iou_t).max()),
                            "mask_fraction": [round(float((m > 0.5).mean()), 4) for m in m_t]})
-    pred.close()
     return checks

@@ -243,13 +243,12 @@ class Sam2Export(ExportFamily):
     def verify(self, spec: ModelSpec, model: Any, bundle: Path, cfg: ExportConfig) -> dict[str, Any]:
         from segrt.runtime.image import read_image
 
-        from ..sam2_export import graph_agreement, predictor_agreement, write_sidecar
+        from ..sam2_export import agreement, write_sidecar
         from ..verify import default_photo
 
-        write_sidecar(model, bundle, cfg.encoder)
+        write_sidecar(model, bundle, cfg.encoder)  # the runtime's constants, before the bundle is opened
         name, photo = (str(cfg.verify_image), read_image(cfg.verify_image)) if cfg.verify_image else default_photo(3)
-        graphs = graph_agreement(model, bundle, photo)
-        checks = predictor_agreement(model, bundle, photo)
+        graphs, checks = agreement(model, bundle, photo)
         worst_err = max(graphs.values())
         worst_iou = min(c["min_mask_iou"] for c in checks)
         log.info("verified against sam2 on %s: worst output rel error %.2e, worst mask IoU %.4f", name, worst_err,
