@@ -750,17 +750,21 @@ Window mask_window(const uint8_t* m, Py_ssize_t H, Py_ssize_t W, std::vector<uin
     return w;
 }
 
+constexpr Py_ssize_t AHEAD = 8;  // rows prefetched: the mask planes are cold and each window row is a short read
+
 inline void prefetch_row(const uint8_t* row, const Window& w) {
     for (Py_ssize_t x = w.x0; x < w.x1; x += 64) __builtin_prefetch(row + x);
     __builtin_prefetch(row + w.x1 - 1);
 }
 
+inline void prefetch_window_top(const uint8_t* m, Py_ssize_t W, const Window& w) {
+    for (Py_ssize_t y = w.y0; y < std::min(w.y1, w.y0 + AHEAD); ++y) prefetch_row(m + y * W, w);
+}
+
 // The instance's pixels in the window, and those still free, in one pass.
 void count_in_window(const uint8_t* m, const int32_t* pan, Py_ssize_t W, const Window& w, int64_t& area,
                      int64_t& free) {
-    constexpr Py_ssize_t AHEAD = 8;  // rows: the mask planes are cold and each window row is a short read
     area = 0, free = 0;
-    for (Py_ssize_t y = w.y0; y < std::min(w.y1, w.y0 + AHEAD); ++y) prefetch_row(m + y * W, w);
     for (Py_ssize_t y = w.y0; y < w.y1; ++y) {
         const uint8_t* mr = m + y * W;
         const int32_t* pr = pan + y * W;
@@ -825,7 +829,9 @@ void paste_things(const uint8_t* masks, const float* score, const uint8_t* confi
     std::vector<int64_t> known_area;
     thing_windows(masks, order, boxes_window, H, W, win, known_area);
     std::vector<uint8_t> cols;
+    if (!order.empty()) prefetch_window_top(masks + order[0] * H * W, W, win[0]);
     for (size_t j = 0; j < order.size(); ++j) {
+        if (j + 1 < order.size()) prefetch_window_top(masks + order[j + 1] * H * W, W, win[j + 1]);
         if (known_area[j] == 0) continue;
         const uint8_t* m = masks + order[j] * H * W;
         int64_t area, free;
