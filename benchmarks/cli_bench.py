@@ -20,6 +20,8 @@ from segrt.runtime.tasks import TASKS, task_for
 from segrt.runtime.tasks.base import resolve
 
 from .cli_args import baselines, batches, clients, devices, precisions
+from .isolated import in_child
+from .row_limits import add_limits, cpu_peak, measure_gpu_peak
 
 log = logging.getLogger("segrt")
 
@@ -108,8 +110,11 @@ def _bench_bundles(args: argparse.Namespace, cfg: Any) -> int:
     plan = [(b, d, p, z, n) for b in bundles for d in args.device
             for p in (args.precision or [read_manifest(b).precision]) for z in sizes
             for n in args.batch]
+    # SAM first, in its own process, while this one holds no model yet: the run's peak is then the larger of
+    # SAM's and the rows', not their sum (issue 18)
+    sam = [_quick_sam(args, cfg)] if args.quick and not args.bundles and not args.no_sam else None
     results, torch_cache = [], {}
-    before = _cpu_peak(cfg.threads, args.device)
+    before = cpu_peak(cfg.threads, args.device)
     for bundle, device, precision, size, batch in tqdm(plan, unit="row", file=sys.stderr):
         variant = precision_variant(Path(bundle), precision)
         row = row_bench(read_manifest(variant).task)(variant, replace(cfg, device=device, size=size, batch=batch),
@@ -117,9 +122,10 @@ def _bench_bundles(args: argparse.Namespace, cfg: Any) -> int:
         if row is not None:
             results.append(row)
     result = {"schema": 2, "machine": describe(cfg.threads), "config": _config(cfg, args, sizes), "results": results}
-    if args.quick and not args.bundles and not args.no_sam:
-        result["sam"] = [_quick_sam(args, cfg)]
-    result["peak"] = add_limits(result, cfg.threads, before)
+    if sam is not None:
+        result["sam"] = sam
+    on_gpu = any("segrt" in r and not r["segrt"]["backend"].endswith("cpu") for r in results)
+    result["peak"] = add_limits(result, cfg.threads, before, measure_gpu_peak() if on_gpu else None)
     if args.plot:
         from .plot import plot_results
 
@@ -129,59 +135,16 @@ def _bench_bundles(args: argparse.Namespace, cfg: Any) -> int:
     return _emit(args, result, markdown(result))
 
 
-def _cpu_peak(threads: int, devices: list[str]) -> dict[str, Any] | None:
-    """The CPU's GEMM peak (benchmarks.limits.measure_peak), where a row runs on the CPU; None otherwise."""
-    from .limits import measure_peak
-
-    return measure_peak(threads) if any(d in ("cpu", "auto") for d in devices) else None
-
-
-def add_limits(result: dict[str, Any], threads: int, before: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Each CPU row's FLOPs, GFLOP/s and % of peak (``row["limit"]``; SAM's encoder ``sam[i]["encoder"]["limit"]``).
-    The peak is measured before and after the rows and the higher of the two kept (load lowers it, never raises
-    it); both are in the result. GPU rows say the peak is the CPU's only."""
-    from .limits import limits, measure_peak
-
-    if before is None:
-        return None
-    after = measure_peak(threads)
-    peak = after | {k: max(before[k], after[k]) for k in ("fp32_gflops", "int8_gops", "numpy_fp32_gflops")}
-    peak["runs"] = {"before": {k: before[k] for k in ("fp32_gflops", "int8_gops")},
-                    "after": {k: after[k] for k in ("fp32_gflops", "int8_gops")}}
-    for row in result["results"]:
-        if "segrt" not in row:
-            continue
-        if not row["segrt"]["backend"].endswith("cpu"):
-            row["limit"] = {"skipped": f"the peak is this CPU's; {row['segrt']['backend']} is not the CPU"}
-            continue
-        st = row["segrt"]["stages"]
-        row["limit"] = _row_limit(lambda r=row, st=st: limits(r["bundle"], r["size"], r.get("batch", 1),
-                                                             st["e2e"]["p50"], st["infer"]["p50"], peak, r["precision"]))
-    for sam in result.get("sam", []):
-        enc = sam.get("encoder", {})
-        if "segrt" in enc and str(sam.get("backend", "")).endswith("cpu"):
-            ms = enc["segrt"]["p50"]
-            enc["limit"] = _row_limit(lambda s=sam, ms=ms: limits(s["bundle"], (1024, 1024), 1, ms, ms, peak, "fp32",
-                                                                  graph="encoder.onnx"))
-    return peak
-
-
-def _row_limit(count: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """A row's limit, or why it has none: counting runs after every row was timed, so it never loses the run."""
-    try:
-        return count()
-    except Exception as exc:  # an odd graph must not cost the timed rows  # noqa: BLE001
-        return {"skipped": f"not counted: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
-
-
 def _quick_sam(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     from .bench_sam import QUICK_SAM_POINTS, bench_sam
 
     log.warning("timing SAM vit_b (seeded) encoder, decoder and generator against segment-anything")
-    # seconds per call: 2 encoder and 64-prompt decoder pairs after 1 warm-up; one generator pair per row: the
-    # relaxed row at 32x32 points (~20 s + ~140 s on 2 cores), the default-threshold row on an 8x8 grid
-    return bench_sam("vit_b", replace(cfg, device=args.device[0], iters=min(cfg.iters, 10)), 32,
-                     amg_rounds=1, default_amg_points=QUICK_SAM_POINTS)
+    # seconds per call: 2 encoder pairs and 5 of the 64-prompt decoder after 1 warm-up; two generator pairs per
+    # row, no warm-up: the relaxed row at 32x32 points (~30 s + ~130 s a pair on a 2-core Xeon), the
+    # default-threshold row on an 8x8 grid. In a child process: SAM's memory (both encoders and generators) goes
+    # back to the system when it ends, so the run's peak is the largest part, not their sum.
+    return in_child(bench_sam, "vit_b", replace(cfg, device=args.device[0], iters=min(cfg.iters, 10)), 32,
+                    amg_rounds=2, default_amg_points=QUICK_SAM_POINTS, amg_warmup=0)
 
 
 def _config(cfg: Any, args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict[str, Any]:

@@ -113,8 +113,17 @@ def limit_cell(limit: dict[str, Any] | None) -> str:
 
 
 def _peak_line(peak: dict[str, Any]) -> str:
-    return (f"peak: FP32 {peak['fp32_gflops']:.0f} GFLOP/s, INT8 {peak['int8_gops']:.0f} GOP/s, the best 2048^3 "
-            "GEMM of ONNX Runtime and NumPy, the higher of before and after the rows")
+    parts = []
+    if "fp32_gflops" in peak:
+        parts.append(f"CPU peak: FP32 {peak['fp32_gflops']:.0f} GFLOP/s, INT8 {peak['int8_gops']:.0f} GOP/s, the best "
+                     "2048^3 GEMM of ONNX Runtime and NumPy, the higher of before and after the rows")
+    gpu = peak.get("gpu")
+    if gpu:
+        rate = lambda v, unit: "-" if v is None else f"{v:.0f} {unit}"  # noqa: E731
+        parts.append(f"GPU peak ({gpu['device']}): FP32 {rate(gpu['fp32_gflops'], 'GFLOP/s')}, FP16 "
+                     f"{rate(gpu['fp16_gflops'], 'GFLOP/s')}, INT8 {rate(gpu['int8_gops'], 'GOP/s')}, PyTorch's 8192^3 "
+                     "GEMM")
+    return "; ".join(parts)
 
 
 def _mem(row: dict[str, Any]) -> str:

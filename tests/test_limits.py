@@ -155,3 +155,33 @@ def test_cli_refuses_a_bad_size_or_bundle_in_one_line(tmp_path, capsys) -> None:
     assert L.main([str(tmp_path / "missing"), "--size", "64x64"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and "--size must be HxW" in lines[0] and "is not a directory" in lines[1]
+
+
+def test_rows_on_a_gpu_are_measured_against_the_gpus_peak(unet_trained, tmp_path) -> None:
+    from segrt.benchmarks import row_limits as RL
+
+    bundle = tmp_path / "counted"
+    shutil.copytree(unet_trained.bundle, bundle)
+    m = read_manifest(bundle)
+    write_manifest(bundle, replace(m, compute={m.model_file: GraphCompute(3_000_000_000, (512, 512), "pixels")}))
+    stages = {"e2e": {"p50": 250.0}, "infer": {"p50": 200.0}}
+    row = lambda backend, precision: {"segrt": {"backend": backend, "stages": stages}, "bundle": str(bundle),  # noqa: E731
+                                      "size": [1024, 512], "batch": 2, "precision": precision}
+    rows = [row("onnxruntime-cuda", "fp16"), row("tensorrt", "int8"), row("onnxruntime-cpu", "fp32")]
+    gpu = {"fp32_gflops": 100.0, "fp16_gflops": 300.0, "int8_gops": None, "device": "a GPU's figures"}
+    peak = RL.add_limits({"results": rows}, 1, None, gpu)
+    assert rows[0]["limit"]["peak"] == {"precision": "fp16", "value": 300.0}
+    assert rows[0]["limit"]["percent_of_peak"] == pytest.approx(20.0)  # 6 GFLOP x 2 / 0.2 s = 60 of 300
+    assert rows[1]["limit"] == {"skipped": "no INT8 peak measured on a GPU's figures"}
+    assert rows[2]["limit"]["skipped"].startswith("this CPU's peak was not measured")
+    assert peak == {"gpu": gpu}
+
+
+def test_gpu_peak_arithmetic_on_the_cpu() -> None:
+    from segrt.benchmarks import row_limits as RL
+
+    peak = RL.measure_gpu_peak(n=128, reps=2, device="cpu")  # the CUDA code path, run on the CPU
+    assert peak["fp16_gflops"] is None and peak["int8_gops"] is None and "TF32 off" in peak["how"]
+    assert math.isfinite(peak["fp32_gflops"]) and peak["fp32_gflops"] > 0.01
+    if not __import__("torch").cuda.is_available():
+        assert RL.measure_gpu_peak() is None
