@@ -279,3 +279,18 @@ def test_bad_arguments_are_typed_errors() -> None:
         fuse(semantic.astype(np.float32), masks, scores, labels, CATS)
     with pytest.raises(InvalidInputError, match="do not cover"):
         fuse(semantic[:, :7], masks, scores, labels, CATS)
+
+
+def test_bench_row_states_the_10_ms_verdict() -> None:
+    from segrt.benchmarks.bench_prepost import FUSION, markdown_prepost
+
+    def table(native_ms: float) -> str:
+        stats = {"median": 2.0, "q1": 1.9, "q3": 2.1, "min": 1.8, "max": 2.2, "pairs": 5}
+        row = {"kernel": f"{FUSION} (100 instances, boxes given, 4 classes, 1080p)", "native": {"p50": native_ms},
+               "reference": {"p50": 2 * native_ms}, "pairs": {"reference": stats}, "speedup_vs_reference": 2.0}
+        machine = {"date": "today", "cpu": "a CPU", "cores": 2, "segrt": "0", "commit": "abc"}
+        return markdown_prepost({"machine": machine, "native_threads": 2, "kernels": [row], "end_to_end": []})
+
+    assert "within 10 ms: met (native p50 10.00 ms, NumPy twin 20.0 ms)" in table(10.0)
+    assert "within 10 ms: NOT met (native p50 10.01 ms" in table(10.01)
+    assert "| 2.0x [1.9-2.1] | - |" in table(10.0)
