@@ -1,6 +1,8 @@
-"""MONAI's 3-D networks (``monai.networks.nets.UNet``, ``SegResNet``) as ``volume`` bundles.
+"""MONAI's 3-D networks (``monai.networks.nets.UNet``, ``SegResNet``, ``SwinUNETR``) as ``volume`` bundles.
 
 The "encoder" picks a width: ``small`` (for tests and edge devices) or ``base`` (MONAI's tutorial sizes).
+SwinUNETR's windows must be multiples of 32 voxels and at least 64 (its five 2x downsamplings, and instance
+norm at the bottleneck needs more than one voxel there); its graph is fixed at the window (batch dynamic).
 The bundle is verified at export like the 2-D ones: segrt's sliding-window run of the written ONNX against
 ``monai.inferers.sliding_window_inference`` over the PyTorch module, same window settings, on the
 ``--verify-image`` volume (NIfTI / DICOM folder / .npy) or a seeded smooth volume; the export is refused
@@ -30,6 +32,9 @@ MONAI_DEPS = {"monai": "monai", "nibabel": "nibabel"}
 MAX_PROB_DIFF = 1e-4
 WIDTHS = {"small": (8, 16, 32), "base": (16, 32, 64, 128, 256)}
 SEGRESNET_FILTERS = {"small": 8, "base": 16}
+#: SwinUNETR per encoder: (feature_size, Swin blocks per stage); num_heads stay MONAI's (3, 6, 12, 24)
+SWIN = {"small": (12, (1, 1, 1, 1)), "base": (24, (2, 2, 2, 2))}
+SWIN_MIN_ROI, SWIN_MULTIPLE = 64, 32
 DYNAMIC = {"image": {0: "batch", 2: "depth", 3: "height", 4: "width"},
            "logits": {0: "batch", 2: "depth", 3: "height", 4: "width"}}
 
@@ -47,6 +52,18 @@ def build_segresnet(cfg: ExportConfig) -> Any:
 
     return SegResNet(spatial_dims=3, in_channels=cfg.in_channels, out_channels=max(cfg.classes, 1),
                      init_filters=SEGRESNET_FILTERS[cfg.encoder], blocks_down=(1, 2, 2), blocks_up=(1, 1))
+
+
+def build_swinunetr(cfg: ExportConfig) -> Any:
+    import inspect
+
+    from monai.networks.nets import SwinUNETR
+
+    feature_size, depths = SWIN[cfg.encoder]
+    # MONAI < 1.5 wants the patch size (unused by its forward beyond a check); later versions dropped it
+    old_api = {"img_size": (SWIN_MIN_ROI,) * 3} if "img_size" in inspect.signature(SwinUNETR).parameters else {}
+    return SwinUNETR(in_channels=cfg.in_channels, out_channels=max(cfg.classes, 1), feature_size=feature_size,
+                     depths=depths, spatial_dims=3, **old_api)
 
 
 def verify_volume(cfg: ExportConfig, shape: tuple[int, int, int]) -> np.ndarray:
@@ -106,6 +123,17 @@ class VolumeExport(ExportFamily):
                               f"blended probability (limit {MAX_PROB_DIFF}); bundle not written")
 
 
+@dataclass(frozen=True)
+class SwinVolumeExport(VolumeExport):
+    """SwinUNETR's volume family: the window is refused unless every side is a multiple of 32, at least 64."""
+
+    def check(self, spec: ModelSpec, cfg: ExportConfig) -> None:
+        roi = self.window.roi_size
+        if any(r % SWIN_MULTIPLE or r < SWIN_MIN_ROI for r in roi):
+            raise ExportError(f"{spec.name} needs window sides that are multiples of {SWIN_MULTIPLE} and at least "
+                              f"{SWIN_MIN_ROI}; got roi_size {list(roi)} (use e.g. 64x64x64 or 96x96x96)")
+
+
 def monai_probabilities(model: Any, image: np.ndarray, window: WindowSpec, activation: str) -> np.ndarray:
     """MONAI's sliding-window blend of the PyTorch module over a prepared (C, X, Y, Z) volume."""
     import torch
@@ -125,11 +153,15 @@ def monai_probabilities(model: Any, image: np.ndarray, window: WindowSpec, activ
 VOLUME = VolumeExport()
 
 
-def _spec(name: str, build: Any) -> ModelSpec:
-    return ModelSpec(name=name, task="volume", family=VOLUME, build=build, encoders=lambda: tuple(WIDTHS),
-                     default_encoder="small", stride=1, dynamic_axes=DYNAMIC, exporter="torchscript",
-                     deps=MONAI_DEPS, mean=(0.0,), std=(1.0,))
+def _spec(name: str, build: Any, family: VolumeExport = VOLUME, dynamic: Any = DYNAMIC,
+          deps: dict[str, str] = MONAI_DEPS) -> ModelSpec:
+    return ModelSpec(name=name, task="volume", family=family, build=build, encoders=lambda: tuple(WIDTHS),
+                     default_encoder="small", stride=1, dynamic_axes=dynamic, exporter="torchscript",
+                     deps=deps, mean=(0.0,), std=(1.0,))
 
 
 UNET3D = _spec("monai_unet", build_unet)
 SEGRESNET = _spec("monai_segresnet", build_segresnet)
+#: exported (dynamo=False) and verified at the window size only: batch is its one dynamic axis
+SWINUNETR = _spec("monai_swinunetr", build_swinunetr, SwinVolumeExport(),
+                  {"image": {0: "batch"}, "logits": {0: "batch"}}, MONAI_DEPS | {"einops": "einops"})
