@@ -5,11 +5,11 @@ from __future__ import annotations
 from segrt.runtime.errors import ExportError
 from segrt.runtime.manifest import Manifest
 
-from . import deeplab, maskrcnn, monai_nets, sam, sam2, unet
+from . import deeplab, mask2former, maskrcnn, monai_nets, sam, sam2, unet
 from ..spec import ModelSpec, QuantDefaults
 
 SPECS: tuple[ModelSpec, ...] = (unet.SPEC, deeplab.SPEC_V3PLUS, deeplab.SPEC_V3, maskrcnn.SPEC, sam.SPEC, monai_nets.UNET3D,
-                              monai_nets.SEGRESNET, sam2.SPEC)
+                              monai_nets.SEGRESNET, sam2.SPEC, mask2former.SPEC)
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -35,10 +35,11 @@ a one-line ``InvalidInputError``, since a task need not be served).
 from __future__ import annotations
 
 from ..errors import ModelFormatError
-from . import instance, panoptic, sam, sam2, semantic, volume
+from . import instance, mask2former, panoptic, sam, sam2, semantic, volume
 from .base import Task
 
-TASKS: tuple[Task, ...] = (semantic.TASK, instance.TASK, sam.TASK, panoptic.TASK, volume.TASK, sam2.TASK)
+TASKS: tuple[Task, ...] = (semantic.TASK, instance.TASK, sam.TASK, panoptic.TASK, volume.TASK, sam2.TASK,
+                           mask2former.TASK)
 
 
 def task_names() -> tuple[str, ...]:
