@@ -108,6 +108,19 @@ def test_output_agreement_worked_examples() -> None:
     assert not output_agreement({"s": scores}, {"s": flipped})["passed"]
 
 
+def test_probabilities_agree_within_a_hundredth_on_the_same_side_of_a_half() -> None:
+    masks = np.linspace(0.0, 1.0, 2000, dtype=np.float32).reshape(2, 1, 1000)  # range 1: the plain bound is 1e-3
+    close = np.clip(masks + 0.004, 0, 1)  # 0.4 % of the values cross 0.5, above the 0.1 % allowed
+    assert not output_agreement({"masks": masks}, {"masks": close})["passed"]
+    away = masks.copy()
+    away[np.abs(masks - 0.5) > 0.01] += 0.004  # the same shift away from the threshold: no value crosses it
+    res = output_agreement({"masks": masks}, {"masks": np.clip(away, 0, 1)})["outputs"]["masks"]
+    assert res["passed"] and res["half_agreement"] == 1.0 and res["relative"] > MAX_RELATIVE_DIFF
+    far = masks.copy()
+    far[0, 0, :10] += 0.02  # 0.5 % of values, all below 0.01: stays below a half, but moves more than 0.01
+    assert not output_agreement({"masks": masks}, {"masks": far})["passed"]
+
+
 # -- selection from hand-written records --------------------------------------------------------------------------
 @needs_openvino
 def test_auto_takes_openvino_when_this_cpus_record_chose_it(model, caplog) -> None:
