@@ -9,8 +9,9 @@ blend, ``sw_batch_size`` 2, the same thread count. The sides are timed call by c
 round, > 1 means segrt is faster), and the row keeps each side's p50, the median pair ratio with its
 quartiles, and parity: the largest absolute difference of the two sides' blended probabilities (their last
 timed outputs). Peak memory is measured in a fresh child process per side (one call, RSS sampled every 5 ms
-from ``/proc/self/statm`` by :class:`benchmarks.timing.PeakRss`, and ``getrusage``'s lifetime peak): the
-segrt child imports neither torch nor MONAI, as an edge install would not.
+from ``/proc/self/statm`` by :class:`benchmarks.timing.PeakRss`; not ``getrusage``, whose ``ru_maxrss`` in a child
+started from this process starts at the parent's size): the segrt child imports neither torch nor MONAI, as an
+edge install would not.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def parity(ours: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
 
 
 _CHILD = """
-import json, resource, sys
+import json, sys
 from segrt.benchmarks.bench_volume import VolumeBenchConfig, run_once
 from segrt.benchmarks.timing import PeakRss
 from segrt.runtime.volume_window import WindowSpec
@@ -149,8 +150,7 @@ cfg = VolumeBenchConfig(**spec["cfg"] | {"window": window, "memory": False})
 call = run_once(spec["side"], spec["arch"], cfg)
 with PeakRss() as mem:
     call()
-rec = mem.record() | {"ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "torch_imported": "torch" in sys.modules}
+rec = mem.record() | {"torch_imported": "torch" in sys.modules}
 print("PEAK " + json.dumps(rec))
 """
 

@@ -65,8 +65,9 @@ def test_peak_rss_is_measured_in_children(row) -> None:
     for side in ("segrt", "monai"):
         m = mem[side]
         assert "skipped" not in m, m
-        assert m["peak_rss_mb"] >= m["rss_before_mb"] > 0 and m["ru_maxrss_mb"] >= m["peak_rss_mb"] * 0.99
+        assert m["peak_rss_mb"] >= m["rss_before_mb"] > 0
     assert mem["segrt"]["torch_imported"] is False and mem["monai"]["torch_imported"] is True
+    assert mem["segrt"]["peak_rss_mb"] < mem["monai"]["rss_before_mb"]  # no torch, no MONAI in segrt's process
     # the blended output (2 x 40^3 float32) and the weight sum at least: the call's increment is real
     assert mem["segrt"]["peak_delta_mb"] > 0
 
