@@ -208,3 +208,65 @@ def test_resizes_equal_torch():
         assert np.abs(post.resize_bilinear(maps, size) - ref).max() <= 1e-5 * np.abs(ref).max()
         near = torch.nn.functional.interpolate(torch.from_numpy(maps)[None], size=size, mode="nearest")[0].numpy()
         assert np.array_equal(post.resize_nearest(maps, size), near)
+
+
+# -- the bundle as a predictor and through segrt run -----------------------------------------------------
+def test_universal_segmenter_equals_transformers(exported, photos):
+    """The Python API end to end (its own preprocessing) against transformers' panoptic and semantic results."""
+    from segrt.runtime.tasks.mask2former import UniversalSegmenter
+
+    image = photos["coffee"]
+    seg = UniversalSegmenter(exported.bundle, "cpu", stuff=["sky"])
+    res = seg(image)
+    outputs = hf_outputs(*onnx_logits(exported, image))
+    proc = processor()
+    pan = proc.post_process_panoptic_segmentation(outputs, target_sizes=[image.shape[:2]], label_ids_to_fuse=FUSE)[0]
+    want = np.maximum(pan["segmentation"].numpy(), 0)
+    assert len(res.panoptic.segments) >= 2
+    assert (res.panoptic.panoptic == want).mean() >= 0.995
+    for s in res.panoptic.segments:
+        ref = next(r for r in pan["segments_info"] if r["id"] == s["id"])
+        assert s["category_id"] == ref["label_id"] + 1 and s["isthing"] == int(not ref["was_fused"])
+        assert s["area"] == int((res.panoptic.panoptic == s["id"]).sum())
+    sem = proc.post_process_semantic_segmentation(outputs, target_sizes=[image.shape[:2]])[0].numpy()
+    assert (res.label_map == sem).mean() >= 0.999
+    ins = proc.post_process_instance_segmentation(outputs, target_sizes=[image.shape[:2]])[0]
+    assert len(res.instances.segments) == len(ins["segments_info"]) > 0
+    seg.close()
+
+
+def test_unknown_stuff_name_is_refused(exported):
+    from segrt.runtime.errors import InvalidInputError
+    from segrt.runtime.tasks.mask2former import UniversalSegmenter
+
+    with pytest.raises(InvalidInputError, match="stuff class.*grass unknown; valid: sky, person"):
+        UniversalSegmenter(exported.bundle, "cpu", stuff=["grass"])
+
+
+def test_segrt_run_writes_semantic_instance_and_panoptic(exported, photos, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+
+    image = photos["chelsea"]
+    cv2.imwrite(str(tmp_path / "cat.png"), image[:, :, ::-1])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "segrt.runtime.cli", "run", str(exported.bundle), "--input",
+                           str(tmp_path / "cat.png"), "--out", str(out), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    classes, masks = onnx_logits(exported, image)
+    labels = cv2.imread(str(out / "cat.labels.png"), cv2.IMREAD_UNCHANGED)
+    assert (labels == post.semantic_map(classes[0], masks[0], image.shape[:2])).mean() >= 0.999
+    png = cv2.imread(str(out / "cat.panoptic.png"))[:, :, ::-1].astype(np.int64)
+    ids = png[:, :, 0] + 256 * png[:, :, 1] + 65536 * png[:, :, 2]
+    want = post.panoptic_segments(classes[0], masks[0], target_size=image.shape[:2])
+    assert np.array_equal(ids, np.maximum(want.segmentation, 0))
+    info = json.loads((out / "cat.panoptic.json").read_text())
+    assert [s["id"] for s in info["segments_info"]] == [s["id"] for s in want.segments]
+    instances = json.loads((out / "cat.instances.json").read_text())["instances"]
+    ref = processor().post_process_instance_segmentation(hf_outputs(classes, masks), target_sizes=[image.shape[:2]])[0]
+    assert len(instances) == len(ref["segments_info"]) > 0
+    assert (out / "cat.overlay.jpg").is_file()
