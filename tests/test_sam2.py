@@ -3,6 +3,8 @@ non-trivial as the export does) and real photos. The bundle is exported once for
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -37,15 +39,23 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def encoded(exported, photos):
-    """Both predictors with each photo set once: {photo: (segrt's, sam2's)}."""
-    from sam2.sam2_image_predictor import SAM2ImagePredictor as TorchPredictor
+def predictor(exported):
+    """One segrt predictor (one pair of ONNX Runtime sessions) for the module; tests take shallow copies, which
+    share the sessions and hold their own image state."""
     from segrt.runtime.sam2 import SAM2ImagePredictor
 
-    bundle, _, model = exported
+    with SAM2ImagePredictor(exported[0], "cpu") as pred:
+        yield pred
+
+
+@pytest.fixture(scope="module")
+def encoded(exported, predictor, photos):
+    """Both predictors with each photo set once: {photo: (segrt's, sam2's)}."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor as TorchPredictor
+
     pairs = {}
     for name in ("astronaut", "coffee"):
-        ours, theirs = SAM2ImagePredictor(bundle, "cpu"), TorchPredictor(model)
+        ours, theirs = copy.copy(predictor), TorchPredictor(exported[2])
         ours.set_image(photos[name])
         theirs.set_image(photos[name])
         pairs[name] = (ours, theirs)
@@ -63,15 +73,13 @@ def test_export_is_verified_and_recorded_untrained(exported) -> None:
     assert {p.name for p in bundle.iterdir()} == {"encoder.onnx", "decoder.onnx", "sam2.json", "segrt.json"}
 
 
-def test_preprocessing_matches_sam2_transforms(exported, photos) -> None:
+def test_preprocessing_matches_sam2_transforms(predictor, photos) -> None:
     """The stretch to 1024 (torchvision's antialiased bilinear) and normalisation, pixel for pixel."""
     from sam2.utils.transforms import SAM2Transforms
-    from segrt.runtime.sam2 import SAM2ImagePredictor
 
-    ours = SAM2ImagePredictor(exported[0], "cpu")
     for name in ("astronaut", "coffee"):
         ref = SAM2Transforms(1024, 0.0)(photos[name])[None].numpy()
-        got = ours.preprocess(photos[name])
+        got = predictor.preprocess(photos[name])
         assert got.shape == ref.shape == (1, 3, 1024, 1024)
         assert np.abs(got - ref).max() < 1e-4
 
@@ -109,7 +117,7 @@ def test_mask_input_logits_and_normalized_coords_match_sam2(encoded) -> None:
     assert np.abs(m_o - m_t).max() <= 1e-3 * np.abs(m_t).max()
 
 
-def test_batched_prompts_and_images_match_sam2(exported, encoded, photos) -> None:
+def test_batched_prompts_and_images_match_sam2(predictor, encoded, photos) -> None:
     """B boxes in one decoder call, and predict_batch over set_image_batch."""
     from segrt.runtime import InvalidInputError
 
@@ -122,12 +130,10 @@ def test_batched_prompts_and_images_match_sam2(exported, encoded, photos) -> Non
     assert min(_iou(a, b) for a, b in zip(m_o[:, 0], m_t[:, 0])) >= MIN_IOU
     assert np.abs(iou_o - iou_t).max() <= IOU_PRED_TOLERANCE
 
-    from segrt.runtime.sam2 import SAM2ImagePredictor
-
     # sam2's predict_batch is its predict per image on that image's features: compared with sam2's predict here
     # (the module's predictors already hold both photos), so no second sam2 encoder run
     points = {"astronaut": np.array([[200.0, 150.0]]), "coffee": np.array([[300.0, 200.0]])}
-    batch = SAM2ImagePredictor(exported[0], "cpu")
+    batch = copy.copy(predictor)
     batch.set_image_batch([photos["astronaut"], photos["coffee"]])
     masks, ious, lows = batch.predict_batch(list(points.values()), [np.array([1])] * 2)
     for (name, point), m_o, iou_o in zip(points.items(), masks, ious):
@@ -138,13 +144,14 @@ def test_batched_prompts_and_images_match_sam2(exported, encoded, photos) -> Non
         encoded["coffee"][0].predict_batch([points["coffee"]], [np.array([1])])
 
 
-def test_bad_prompts_are_typed_errors(exported, encoded) -> None:
+def test_bad_prompts_are_typed_errors(predictor, encoded) -> None:
     from segrt.runtime import InvalidInputError
-    from segrt.runtime.sam2 import SAM2ImagePredictor
 
     ours, _ = encoded["astronaut"]
+    fresh = copy.copy(predictor)
+    fresh.reset_predictor()
     with pytest.raises(InvalidInputError, match="no image set"):
-        SAM2ImagePredictor(exported[0], "cpu").predict(np.array([[1.0, 1.0]]), np.array([1]))
+        fresh.predict(np.array([[1.0, 1.0]]), np.array([1]))
     with pytest.raises(InvalidInputError, match="empty prompt"):
         ours.predict()
     with pytest.raises(InvalidInputError, match="point_labels"):
