@@ -303,7 +303,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--volume", action="store_true", help="sliding-window 3-D segmentation (seeded MONAI UNet and "
                    "SegResNet, 64^3 windows, overlap 0.25, Gaussian, batch 2) on the MNI T1 crop stretched to 128^3 "
                    "(--quick: 96^3) against MONAI's sliding_window_inference + PyTorch eager in interleaved pairs, with "
-                   "parity and peak RSS; ~6 min on 2 cores")
+                   "parity and peak RSS; 7-11 min on 2 loaded cores")
     p.add_argument("--volume-size", type=int_at_least(8), help="--volume: the volume's side N (N^3) instead of 128")
     p.add_argument("--volume-pairs", type=int_at_least(1), default=3,
                    help="--volume: timed interleaved pairs per model, after one warm-up pair (default 3)")
