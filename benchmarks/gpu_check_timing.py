@@ -10,40 +10,31 @@ their median with min and max.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bench import percentiles
+from .pairs import interleave, timed_side
 
 
 def interleaved(sides: dict[str, Callable[[int], Any]], rounds: int, *, warmup: int, deadline: float,
                 base: str) -> dict[str, Any]:
-    """Time ``sides`` in ``rounds`` rotating rounds after ``warmup`` untimed ones; stop early (at least 3
-    rounds) once ``deadline`` (a ``perf_counter`` value) has passed."""
-    names = list(sides)
+    """Time ``sides`` in ``rounds`` rotating rounds after ``warmup`` untimed ones (:func:`benchmarks.pairs.interleave`);
+    stop early (at least 3 rounds) once ``deadline`` (a ``perf_counter`` value) has passed. Ratios: ``base`` ms
+    over each other side's, round by round (> 1: that side is faster than the base)."""
     if base not in sides:
-        raise ValueError(f"base side {base!r} is not among {names}")
-    for i in range(warmup):
-        for name in names:
-            sides[name](i)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        if r >= 3 and time.perf_counter() > deadline:
-            break
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            sides[name](r)
-            samples[name].append((time.perf_counter() - t0) * 1e3)
+        raise ValueError(f"base side {base!r} is not among {list(sides)}")
+    res = interleave({n: timed_side(fn) for n, fn in sides.items()}, reference=base, rounds=rounds, warmup=warmup,
+                     deadline=deadline, per_round=True)
+    ms = res["per_round"]
     ratios = {}
-    for name in names:
+    for name in sides:
         if name != base:
-            per = [b / s for b, s in zip(samples[base], samples[name])]
+            per = [b / s for b, s in zip(ms[base], ms[name])]
             ratios[name] = {"median": float(np.median(per)), "min": min(per), "max": max(per), "pairs": len(per)}
-    return {"rounds": len(samples[base]), "sides": {n: percentiles(v) for n, v in samples.items()}, "ratios": ratios}
+    return {"rounds": res["rounds"], "sides": {n: v["e2e"] for n, v in res["sides"].items()}, "ratios": ratios}
 
 
 def _autocast(enabled: bool, device: str) -> Any:

@@ -58,14 +58,24 @@ def _round(sides: list[tuple[str, StageFn]], i: int) -> dict[str, Mapping[str, f
     return {name: fn(i) for name, fn in (sides[(i + j) % k] for j in range(k))}
 
 
+def _more(done: int, rounds: int, seconds: float | None, start: float, deadline: float | None) -> bool:
+    now = time.perf_counter()
+    if deadline is not None and done >= MIN_ROUNDS and now > deadline:
+        return False
+    return done < rounds if seconds is None else (done < MIN_ROUNDS or now - start < seconds)
+
+
 def interleave(sides: Mapping[str, StageFn], reference: str, rounds: int = 20, warmup: int = 3,
-               seconds: float | None = None, stage: str = "e2e") -> dict[str, Any]:
+               seconds: float | None = None, stage: str = "e2e", deadline: float | None = None,
+               per_round: bool = False) -> dict[str, Any]:
     """Time ``sides`` in interleaved rounds: ``warmup`` untimed rounds, then ``rounds`` timed ones (or, with
-    ``seconds``, rounds until that much wall time has passed, at least :data:`MIN_ROUNDS`).
+    ``seconds``, rounds until that much wall time has passed, at least :data:`MIN_ROUNDS`); with ``deadline``
+    (a ``perf_counter`` value) it stops early once that has passed, after at least :data:`MIN_ROUNDS`.
 
     Returns ``{"rounds": n, "order": "rotated", "sides": {name: {stage: percentiles}}, "ratios": {name:
     ratio_stats}}`` where each ratio is ``name``'s ``stage`` ms over the reference's in the same round (so
-    > 1 means the reference is faster), for every side but the reference."""
+    > 1 means the reference is faster), for every side but the reference; ``per_round`` adds ``"per_round"``
+    {name: [``stage`` ms of each round]}."""
     if reference not in sides:
         raise KeyError(f"reference side {reference!r} is not among {sorted(sides)}")
     if rounds < 1 and seconds is None:
@@ -75,13 +85,16 @@ def interleave(sides: Mapping[str, StageFn], reference: str, rounds: int = 20, w
         _round(order, i)
     runs: list[dict[str, Mapping[str, float]]] = []
     start = time.perf_counter()
-    while (len(runs) < rounds) if seconds is None else (len(runs) < MIN_ROUNDS or time.perf_counter() - start < seconds):
+    while _more(len(runs), rounds, seconds, start, deadline):
         runs.append(_round(order, len(runs)))
     stats = {name: {s: percentiles([r[name][s] for r in runs]) for s in runs[0][name]} for name in sides}
     ratios = {name: ratio_stats([r[name][stage] / r[reference][stage] for r in runs])
               for name in sides if name != reference}
-    return {"rounds": len(runs), "order": "rotated", "stage": stage, "reference": reference,
-            "sides": stats, "ratios": ratios}
+    out = {"rounds": len(runs), "order": "rotated", "stage": stage, "reference": reference,
+           "sides": stats, "ratios": ratios}
+    if per_round:
+        out["per_round"] = {name: [r[name][stage] for r in runs] for name in sides}
+    return out
 
 
 def is_stats(obj: Any) -> bool:
