@@ -153,7 +153,8 @@ def predict_masks(dec: Any, embed: Any, image_pe: Any, sparse: Any, dense: Any, 
     upscaled = act2(dc2(upscaled) + feat_s0)
     hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
     b, c2, h2, w2 = upscaled.shape
-    masks = (hyper_in @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)
+    # constant trailing sizes, so the graph's output shape is (prompts, 4, 256, 256), not four symbols
+    masks = (hyper_in @ upscaled.reshape(b, c2, h2 * w2)).reshape(-1, MASK_TOKENS, LOW_RES, LOW_RES)
     return masks, dec.iou_prediction_head(queries[:, 1, :]), dec.pred_obj_score_head(queries[:, 0, :])
 
 
