@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .kernels import Taps
-
 #: transformers resizes mask logits to this before any post-processing ("(384, 384) for all models")
 WORK_SIZE = (384, 384)
 THRESHOLD = 0.5
@@ -53,21 +51,31 @@ class Segments:
     masks: np.ndarray | None = None
 
 
-def _linear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) bilinear weights: PyTorch's ``interpolate(mode="bilinear", align_corners=False)`` per axis."""
-    taps = Taps.linear(n_in, n_out)
-    dense = np.zeros((n_out, n_in), np.float64)
-    np.add.at(dense, (np.repeat(np.arange(n_out), taps.idx.shape[1]), taps.idx.ravel()), taps.w.ravel())
-    return dense.astype(np.float32)
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's ``interpolate(mode="bilinear", align_corners=False)`` taps for one axis, computed as its CPU
+    kernel does, in float32: source ``scale * (i + 0.5) - 0.5`` (one rounding, as a fused multiply-add), clamped
+    at 0; the two neighbours and their weights. Returns (first index, second index, first weight, second weight)."""
+    f32 = np.float32
+    scale = f32(f32(n_in) / f32(n_out))
+    src = (np.float64(scale) * (np.arange(n_out) + 0.5) - 0.5).astype(f32)
+    src = np.maximum(src, f32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = i0 + (i0 < n_in - 1)
+    lam = np.clip(src - i0.astype(f32), f32(0), f32(1)).astype(f32)
+    return i0, i1, f32(1) - lam, lam
 
 
 def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(N, h, w) float maps to (N, H, W), separably; the identity when the size is the same."""
+    """(N, h, w) float maps to (N, H, W) as PyTorch resizes them (within a float32 rounding per value); the
+    identity when the size is the same."""
     h, w = maps.shape[1:]
+    maps = maps.astype(np.float32, copy=False)
     if (h, w) == tuple(size):
-        return maps.astype(np.float32, copy=False)
-    rows, cols = _linear_matrix(h, size[0]), _linear_matrix(w, size[1])
-    return np.matmul(np.matmul(rows, maps.astype(np.float32, copy=False)), cols.T)
+        return maps
+    r0, r1, h0, h1 = _linear_taps(h, size[0])
+    c0, c1, w0, w1 = _linear_taps(w, size[1])
+    rows = maps[:, :, c0] * w0 + maps[:, :, c1] * w1  # width first, then height: PyTorch's order of the sums
+    return rows[:, r0] * h0[:, None] + rows[:, r1] * h1[:, None]
 
 
 def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
@@ -155,7 +163,7 @@ def panoptic_segments(class_logits: np.ndarray, mask_logits: np.ndarray, thresho
     size = tuple(target_size) if target_size is not None else WORK_SIZE
     if not keep.any():
         return Segments(np.full(size, -1, np.int32), [], np.zeros((0, *size), bool))
-    weighted = sigmoid(resize_bilinear(masks[keep], size)) * scores[keep][:, None, None]
+    weighted = resize_bilinear(sigmoid(masks[keep]), size) * scores[keep][:, None, None]  # probabilities resized
     return _compute_segments(weighted, scores[keep], labels[keep], mask_threshold, overlap_mask_area_threshold,
                              set(label_ids_to_fuse or ()))
 
