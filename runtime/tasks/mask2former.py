@@ -149,7 +149,7 @@ class UniversalTask(Task):
     name = "universal"
     summary = "Mask2Former: class and mask logits per query; semantic, instance and panoptic results from one bundle"
     resizes_input = True
-    bench_instead = "segrt bench does not time universal (Mask2Former) bundles yet; `segrt run` prints no timings"
+    bench_instead = "time it with `segrt stream --log` (per-frame pre, infer and post) instead"
 
     def check_manifest(self, manifest: Manifest) -> None:
         if not manifest.classes:
@@ -188,6 +188,9 @@ class UniversalTask(Task):
 
     def gate_score(self, reference: Any, variant: Any, image: np.ndarray) -> dict[str, float]:
         raise InvalidInputError("segrt quantize does not take universal (Mask2Former) bundles yet")
+
+    def evaluator(self, dataset: Any, tolerances: Any) -> Any:
+        raise InvalidInputError("segrt eval does not score universal (Mask2Former) bundles yet")
 
 
 TASK = UniversalTask()
