@@ -131,9 +131,10 @@ def evaluate(bundles: list[Path], devices: list[str], data: Path, reference: Pat
 
 
 def open_dataset(task: str, data: Path) -> Any:
-    """The task evaluator's own reader of ``--data`` where it has one (``open_dataset``: volumes, which come with
+    """The task's own reader of ``--data`` where it has one (``Task.eval_dataset``: volumes, which come with
     label volumes), else :class:`Dataset` (images/ with labels/, COCO or panoptic ground truth)."""
-    return getattr(task_for(task).evaluator(None, None), "open_dataset", Dataset.open)(data)
+    own = task_for(task).eval_dataset(data)
+    return Dataset.open(data) if own is None else own
 
 
 def _summary(row: Row, evaluator: Any, compared: bool) -> dict[str, Any]:

@@ -191,11 +191,12 @@ def _volume_config(args: argparse.Namespace) -> object:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from segrt.runtime.tasks import task_for
     from segrt.runtime.volume_import import VolumeImport
 
     from .importer import import_onnx
 
-    cfg = _volume_config(args) if args.task == VolumeImport.task else _image_config(args)
+    cfg = _volume_config(args) if task_for(args.task).volumetric else _image_config(args)
     manifest = import_onnx(cfg, args.out, force=args.force)
     if isinstance(cfg, VolumeImport):
         volume = manifest.volume or {}

@@ -38,7 +38,7 @@ class ImportConfig:
     color: ColorOrder | None = None
 
     def __post_init__(self) -> None:
-        if self.task == VolumeImport.task:
+        if self.task in {t.name for t in TASKS if t.volumetric}:
             raise InvalidInputError("a 3-D network is imported with VolumeImport (segrt import --task volume)")
         if self.layout not in ("nchw", "nhwc"):
             raise InvalidInputError(f"--layout {self.layout} is a 3-D layout; a 3-D network is imported with "

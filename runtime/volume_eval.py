@@ -119,8 +119,6 @@ class VolumeEvaluator:
         self.dataset, self.tolerances = dataset, tolerances
         self._last: tuple[tuple[Path, int], Volume] | None = None
 
-    open_dataset = staticmethod(VolumeDataset.open)
-
     def start(self, model: Any) -> _VolumeScores:
         return _VolumeScores()
 

@@ -86,7 +86,7 @@ def test_every_family_is_one_spec_and_owns_its_facts() -> None:
     from segrt.export.spec import QuantDefaults
 
     assert [s.name for s in SPECS] == ["unet", "deeplabv3plus", "deeplabv3", "maskrcnn", "sam", "monai_unet",
-                                       "monai_segresnet"]
+                                       "monai_segresnet", "monai_swinunetr", "sam2", "mask2former"]
     assert get_spec("unet").deps == {"segmentation_models_pytorch": "segmentation-models-pytorch"}
     assert "segment_anything" in get_spec("sam").deps and get_spec("sam").default_classes() == ()
     assert get_spec("unet").default_classes is None and len(get_spec("maskrcnn").default_classes()) == 91

@@ -9,7 +9,7 @@ from . import deeplab, mask2former, maskrcnn, monai_nets, sam, sam2, unet
 from ..spec import ModelSpec, QuantDefaults
 
 SPECS: tuple[ModelSpec, ...] = (unet.SPEC, deeplab.SPEC_V3PLUS, deeplab.SPEC_V3, maskrcnn.SPEC, sam.SPEC, monai_nets.UNET3D,
-                              monai_nets.SEGRESNET, sam2.SPEC, mask2former.SPEC)
+                              monai_nets.SEGRESNET, monai_nets.SWINUNETR, sam2.SPEC, mask2former.SPEC)
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -113,6 +113,11 @@ class Task:
         raise self._missing("gate_score")
 
     # -- segrt eval --------------------------------------------------------------------------------------
+    def eval_dataset(self, data: Path) -> Any | None:
+        """This task's own reader of ``segrt eval --data`` (volumes come with label volumes), or None: the
+        images/ + labels/, COCO or COCO-panoptic layout ``benchmarks/eval_run.Dataset`` reads."""
+        return None
+
     def evaluator(self, dataset: Any, tolerances: Any) -> Any:
         """Accumulates one row's accuracy (and agreement with a reference row) over ``segrt eval``'s images:
         ``start(model)``, ``step(state, model, image, path, reference)``, ``accuracy(state, model)``,
@@ -180,6 +185,8 @@ class Task:
     # -- export ----------------------------------------------------------------------------------------
     #: ``segrt import`` can wrap a plain ONNX model of this task (one image input, one output) in a bundle
     importable: ClassVar[bool] = False
+    #: its inputs are 3-D volumes: ``segrt import`` takes the 3-D flags (``VolumeImport``), not the image ones
+    volumetric: ClassVar[bool] = False
     #: ``segrt quantize``'s default tolerance on ``gate_metric`` (what ``--min-score`` overrides); None: no default
     quantize_min_score: ClassVar[float | None] = None
 

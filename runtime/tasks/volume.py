@@ -16,8 +16,8 @@ class VolumeTask(Task):
     name = "volume"
     summary = "3-D label volumes: one class id per voxel (NIfTI / DICOM series / .npy in, NIfTI out)"
     section = "volume"
-    bench_instead = ("segrt bench does not time volume bundles yet; docs/volumes.md records a sliding-window run "
-                     "against MONAI + PyTorch")
+    bench_instead = ("segrt bench times volume bundles' sliding windows with `segrt bench --volume` (seeded MONAI "
+                     "UNet and SegResNet against MONAI + PyTorch), not by bundle")
 
     def check_manifest(self, manifest: Manifest) -> None:
         from ..volume_spec import VolumeSpec
@@ -72,9 +72,14 @@ class VolumeTask(Task):
     def stages(self, predictor: Any, prompts: dict[str, Any] | None = None) -> Any:
         raise InvalidInputError("segrt stream takes 2-D frames; volume bundles run with segrt run --input VOLUME")
 
+    def eval_dataset(self, data: Path) -> Any:
+        """``segrt eval --data``: images/ + labels/, or the Decathlon/nnU-Net imagesTs/ + labelsTs/."""
+        from ..volume_eval import VolumeDataset
+
+        return VolumeDataset.open(data)
+
     def evaluator(self, dataset: Any, tolerances: Any) -> Any:
-        """Dice and HD95 per label against label volumes (``runtime/volume_eval.py``); its ``open_dataset`` reads
-        ``segrt eval --data`` (images/ + labels/, or the Decathlon/nnU-Net imagesTs/ + labelsTs/)."""
+        """Dice and HD95 per label against label volumes (``runtime/volume_eval.py``)."""
         from ..volume_eval import VolumeEvaluator
 
         return VolumeEvaluator(dataset, tolerances)
@@ -88,6 +93,7 @@ class VolumeTask(Task):
 
     gate_metric = "voxel_agreement"
     importable = True  # segrt import --task volume: runtime/volume_import.py (VolumeImport)
+    volumetric = True
 
 
 TASK = VolumeTask()
