@@ -137,6 +137,17 @@ def _attention(att: Any, q: Any, k: Any, v: Any) -> Any:
     return att.out_proj(att._recombine_heads(attn @ v))
 
 
+def embed_points(pe: Any, coords: Any, labels: Any) -> Any:
+    """The prompt encoder's point embeddings without its data-dependent branches (segment-anything's and sam2's
+    prompt encoders share this layout): label -1 is padding, 0/1 background/foreground, 2/3 box corners."""
+    emb = pe.pe_layer._pe_encoding((coords + 0.5) / IMAGE_SIZE)
+    labels = labels.unsqueeze(-1).expand_as(emb)
+    emb = emb * (labels != -1) + pe.not_a_point_embed.weight * (labels == -1)
+    for i in range(pe.num_point_embeddings):
+        emb = emb + pe.point_embeddings[i].weight * (labels == i)
+    return emb
+
+
 def _two_way_block(blk: Any, queries: Any, keys: Any, query_pe: Any, key_pe: Any) -> tuple[Any, Any]:
     """``TwoWayAttentionBlock.forward``, same operations in the same order."""
     if blk.skip_first_layer_pe:
@@ -188,13 +199,7 @@ def _decoder_class() -> type:
             self.prompt_encoder, self.mask_decoder = sam.prompt_encoder, sam.mask_decoder
 
         def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            pe = self.prompt_encoder
-            emb = pe.pe_layer._pe_encoding((coords + 0.5) / IMAGE_SIZE)
-            labels = labels.unsqueeze(-1).expand_as(emb)
-            emb = emb * (labels != -1) + pe.not_a_point_embed.weight * (labels == -1)
-            for i in range(pe.num_point_embeddings):
-                emb = emb + pe.point_embeddings[i].weight * (labels == i)
-            return emb
+            return embed_points(self.prompt_encoder, coords, labels)
 
         def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
                     mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

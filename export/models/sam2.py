@@ -27,7 +27,7 @@ from segrt.runtime.errors import ExportError
 from segrt.runtime.manifest import InputSpec, Manifest, OutputSpec
 
 from ..spec import ExportConfig, ExportFamily, Graph, GraphIO, ModelSpec
-from .sam import _attention, _two_way_block
+from .sam import _attention, _two_way_block, embed_points
 
 log = logging.getLogger("segrt")
 #: A fresh export is refused when a graph output differs from sam2's by more than this (max abs difference
@@ -169,13 +169,7 @@ def _decoder_class() -> type:
             self.prompt_encoder, self.mask_decoder = model.sam_prompt_encoder, model.sam_mask_decoder
 
         def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            pe = self.prompt_encoder
-            emb = pe.pe_layer._pe_encoding((coords + 0.5) / IMAGE_SIZE)
-            labels = labels.unsqueeze(-1).expand_as(emb)
-            emb = emb * (labels != -1) + pe.not_a_point_embed.weight * (labels == -1)
-            for i in range(pe.num_point_embeddings):
-                emb = emb + pe.point_embeddings[i].weight * (labels == i)
-            return emb
+            return embed_points(self.prompt_encoder, coords, labels)
 
         def forward(self, image_embed: torch.Tensor, high_res_feats_0: torch.Tensor, high_res_feats_1: torch.Tensor,
                     point_coords: torch.Tensor, point_labels: torch.Tensor, mask_input: torch.Tensor,
