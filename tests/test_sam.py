@@ -185,7 +185,7 @@ def test_cli_export_is_the_api_export_with_progress_on_stderr(sam_tiny, tmp_path
     (["sam", "--variant", "tiny"], "sam needs --checkpoint FILE (Meta's sam_vit_*.pth) or --checkpoint none"),
     (["sam", "--checkpoint", "none", "--weights", "none"], "pass --checkpoint (or its alias --weights) once"),
     (["sam", "--checkpoint", "MISSING"], "does not exist (pass --checkpoint none for random weights)"),
-    (["unet", "--classes", "2", "--checkpoint", "none"], "--checkpoint and --variant are for sam; unet takes --weights"),
+    (["unet", "--classes", "2", "--checkpoint", "none"], "--checkpoint and --variant are for sam, sam2; unet takes --weights"),
 ])
 def test_cli_export_flag_errors_are_one_line(tmp_path, args, message) -> None:
     args = [str(tmp_path / "missing.pth") if a == "MISSING" else a for a in args]
