@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from segrt.runtime.errors import ExportError
 from segrt.runtime.manifest import Manifest
 from segrt.runtime.sam2 import FEATURES, SAM2ImagePredictor, Sam2Spec
 
 from .exporter import build_module, export_bundle
 from .models import sam2 as S2
+from .sam_export import prompt_model_config
 from .spec import ExportConfig
 from .verify import check_prompts, mask_iou
 
@@ -28,13 +28,8 @@ __all__ = ["agreement", "build", "export_sam2", "sam2_config", "write_sidecar"]
 def sam2_config(variant: str, checkpoint: Path | None, *, seed: int = 0, opset: int = 18,
                 verify_image: Path | None = None) -> ExportConfig:
     """The export configuration of one SAM 2 variant (no classes)."""
-    if variant not in S2.VARIANTS:
-        raise ExportError(f"unknown SAM 2 variant {variant!r}; valid: {', '.join(S2.VARIANTS)}")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise ExportError(f"checkpoint {str(checkpoint)!r} does not exist (pass --checkpoint none for seeded weights)")
-    return ExportConfig(architecture=S2.SPEC.name, encoder=variant, classes=0, class_names=(),
-                        weights=None if checkpoint is None else Path(checkpoint), seed=seed, opset=opset,
-                        verify_image=verify_image)
+    return prompt_model_config("SAM 2", S2.SPEC.name, S2.VARIANTS, variant, checkpoint, seed=seed, opset=opset,
+                               verify_image=verify_image, unweighted="seeded")
 
 
 def build(variant: str, checkpoint: Path | None, seed: int = 0) -> tuple[Any, dict[str, Any]]:

@@ -23,16 +23,25 @@ __all__ = ["MAX_LOGIT_REL_ERROR", "MIN_MASK_IOU", "build", "check_prompts", "exp
            "sam_config"]
 
 
+def prompt_model_config(family: str, architecture: str, variants: Any, variant: str, checkpoint: Path | None, *,
+                        seed: int = 0, opset: int = 18, verify_image: Path | None = None,
+                        unweighted: str = "random") -> ExportConfig:
+    """The export configuration of one variant of a promptable family (SAM, SAM 2: no classes)."""
+    if variant not in variants:
+        raise ExportError(f"unknown {family} variant {variant!r}; valid: {', '.join(variants)}")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ExportError(f"checkpoint {str(checkpoint)!r} does not exist (pass --checkpoint none for {unweighted} "
+                          "weights)")
+    return ExportConfig(architecture=architecture, encoder=variant, classes=0, class_names=(),
+                        weights=None if checkpoint is None else Path(checkpoint), seed=seed, opset=opset,
+                        verify_image=verify_image)
+
+
 def sam_config(variant: str, checkpoint: Path | None, *, seed: int = 0, opset: int = 18,
                verify_image: Path | None = None) -> ExportConfig:
     """The export configuration of one SAM variant (SAM has no classes)."""
-    if variant not in S.VARIANTS:
-        raise ExportError(f"unknown SAM variant {variant!r}; valid: {', '.join(S.VARIANTS)}")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise ExportError(f"checkpoint {str(checkpoint)!r} does not exist (pass --checkpoint none for random weights)")
-    return ExportConfig(architecture=S.SPEC.name, encoder=variant, classes=0, class_names=(),
-                        weights=None if checkpoint is None else Path(checkpoint), seed=seed, opset=opset,
-                        verify_image=verify_image)
+    return prompt_model_config("SAM", S.SPEC.name, S.VARIANTS, variant, checkpoint, seed=seed, opset=opset,
+                               verify_image=verify_image)
 
 
 def build(variant: str, checkpoint: Path | None, seed: int) -> tuple[Any, dict[str, Any]]:
